@@ -1,0 +1,55 @@
+# Bakeoff developer entry points. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.bakeoff-installed
+SUITE ?= examples/cpu-mock.yaml
+PYTEST_FLAGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List every entry point
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sort | \
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml hack/setup-venv.sh
+	VENV=$(VENV) hack/setup-venv.sh
+	@touch $(STAMP)
+
+.PHONY: venv
+venv: $(STAMP) ## Create the virtualenv and install everything (idempotent)
+
+.PHONY: demo
+demo: $(STAMP) ## Run the CPU-mock bake-off locally: prints the verdict, writes results/ and the report
+	$(BIN)/bakeoff run $(SUITE) --local
+
+.PHONY: test
+test: $(STAMP) ## Install, then run every test tier (unit, protocol, local)
+	$(BIN)/pytest tests/unit tests/protocol tests/local $(PYTEST_FLAGS)
+
+.PHONY: test-unit
+test-unit: $(STAMP) ## Pure logic only: no servers
+	$(BIN)/pytest tests/unit $(PYTEST_FLAGS)
+
+.PHONY: test-protocol
+test-protocol: $(STAMP) ## tritonclient and the load generator against real servers on loopback
+	$(BIN)/pytest tests/protocol $(PYTEST_FLAGS)
+
+.PHONY: test-local
+test-local: $(STAMP) ## The whole `bakeoff run --local` pipeline on the CPU-mock suite
+	$(BIN)/pytest tests/local $(PYTEST_FLAGS)
+
+.PHONY: lint
+lint: $(STAMP) ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+.PHONY: typecheck
+typecheck: $(STAMP) ## mypy --strict over the three packages
+	$(BIN)/mypy operator/bakeoff bench-jobs/bakeoff_bench images/serve/bakeoff_serve
+
+.PHONY: clean
+clean: ## Remove results and caches (keeps the virtualenv)
+	rm -rf results .pytest_cache .mypy_cache .ruff_cache
