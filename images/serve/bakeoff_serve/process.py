@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +28,18 @@ class Command:
     argv: Sequence[str]
     env: Mapping[str, str] = field(default_factory=dict)  # added to os.environ
     ready_url: str = ""  # GET answers 200 once the server is ready (warm)
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask Linux to SIGTERM it when the runner dies.
+
+    A `kill -9` of the runner skips every `finally`; this keeps servers from outliving it.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _log_tail(log_path: Path, lines: int = 30) -> str:
@@ -53,10 +66,8 @@ def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = 10.0) 
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -86,6 +97,7 @@ def running_server(
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
     try:
         deadline = started + ready_timeout_s

@@ -1,0 +1,272 @@
+"""From cell results to a verdict: parity, cost, winners per category, recommendations.
+
+Pure functions over `CellResult`s; the local runner, the operator and the report all call
+`analyze`. A cell that failed, or whose outputs disagree with the reference backend, never
+wins a category: its numbers are shown, marked, and excluded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from pydantic import Field
+
+from bakeoff import api
+from bakeoff_bench.models import StrictModel
+from bakeoff_bench.results import CellResult, ScenarioResult
+
+
+class ParityCheck(StrictModel):
+    backend: str
+    pool: str
+    reference: str
+    min_cosine: float | None = Field(description="Worst row's cosine similarity")
+    max_abs_error: float | None
+    passed: bool
+    message: str = ""
+
+
+class VerdictRow(StrictModel):
+    backend: str
+    pool: str
+    ok: bool = Field(description="Measured, and eligible to win")
+    status: str = Field(description="'ok', 'failed: ...' or 'parity failed: ...'")
+    server: str = ""
+    runtime: str = ""
+    single_p50_ms: float | None = None
+    single_p99_ms: float | None = None
+    single_samples: int | None = None
+    single_low_sample: list[str] = Field(default_factory=list)
+    server_compute_ms: float | None = None
+    server_queue_ms: float | None = None
+    best_inferences_per_s: float | None = None
+    best_batch_size: int | None = None
+    best_batch_p50_ms: float | None = None
+    memory_bytes: int | None = None
+    memory_kind: str | None = None
+    cost_per_1k: float | None = None
+    cost_per_hour: float = 0.0
+    parity_cosine: float | None = None
+
+
+class Verdict(StrictModel):
+    suite: str
+    rows: list[VerdictRow]
+    winners: dict[str, api.Winner]
+    recommendations: list[str]
+    parity: list[ParityCheck]
+    notes: list[str] = Field(default_factory=list)
+
+    def summary(self) -> api.Summary:
+        return api.Summary(
+            winners=self.winners,
+            recommendations=self.recommendations,
+            cost_per_1k={
+                f"{r.backend}/{r.pool}": round(r.cost_per_1k, 6)
+                for r in self.rows
+                if r.cost_per_1k is not None
+            },
+        )
+
+
+def cost_per_1k(cost_per_hour: float, inferences_per_s: float) -> float:
+    """DESIGN §2 rule 6: price per hour / (3600 x sustained inferences per second) x 1000."""
+    if inferences_per_s <= 0:
+        return math.inf
+    return cost_per_hour / (3600.0 * inferences_per_s) * 1000.0
+
+
+def cosine_rows(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> list[float]:
+    if len(a) != len(b):
+        raise ValueError(f"parity outputs differ in rows: {len(a)} vs {len(b)}")
+    cosines = []
+    for row_a, row_b in zip(a, b, strict=True):
+        if len(row_a) != len(row_b):
+            raise ValueError(f"parity outputs differ in width: {len(row_a)} vs {len(row_b)}")
+        dot = sum(x * y for x, y in zip(row_a, row_b, strict=True))
+        norm = math.sqrt(sum(x * x for x in row_a)) * math.sqrt(sum(y * y for y in row_b))
+        cosines.append(dot / norm if norm > 0 else 0.0)
+    return cosines
+
+
+def check_parity(reference: CellResult, other: CellResult, min_cosine: float) -> ParityCheck:
+    base = {"backend": other.backend, "pool": other.pool, "reference": reference.backend}
+    if not reference.parity_outputs or not other.parity_outputs:
+        return ParityCheck(
+            **base,
+            min_cosine=None,
+            max_abs_error=None,
+            passed=False,
+            message="no parity outputs recorded",
+        )
+    try:
+        cosines = cosine_rows(reference.parity_outputs, other.parity_outputs)
+    except ValueError as error:
+        return ParityCheck(
+            **base, min_cosine=None, max_abs_error=None, passed=False, message=str(error)
+        )
+    max_abs = max(
+        abs(x - y)
+        for row_a, row_b in zip(reference.parity_outputs, other.parity_outputs, strict=True)
+        for x, y in zip(row_a, row_b, strict=True)
+    )
+    worst = min(cosines)
+    passed = worst >= min_cosine
+    message = "" if passed else f"cosine {worst:.6f} < minCosine {min_cosine}"
+    return ParityCheck(
+        **base, min_cosine=worst, max_abs_error=max_abs, passed=passed, message=message
+    )
+
+
+def best_throughput(result: CellResult) -> ScenarioResult | None:
+    candidates = [s for s in result.batch_sweep if s.requests > 0]
+    if result.single is not None and result.single.requests > 0:
+        candidates.append(result.single)
+    return max(candidates, key=lambda s: s.inferences_per_s, default=None)
+
+
+def _row(result: CellResult, pool: api.NodePool, parity: ParityCheck | None) -> VerdictRow:
+    single = result.single
+    best = best_throughput(result)
+    single_server = single.server if single is not None else None
+    ok = parity is None or parity.passed
+    status = "ok" if ok else f"parity failed: {parity.message if parity else ''}"
+    return VerdictRow(
+        backend=result.backend,
+        pool=result.pool,
+        ok=ok,
+        status=status,
+        server=f"{result.server.name} {result.server.version}".strip(),
+        runtime=result.server.runtime,
+        single_p50_ms=single.latency.p50_ms if single else None,
+        single_p99_ms=single.latency.p99_ms if single else None,
+        single_samples=single.latency.count if single else None,
+        single_low_sample=list(single.latency.low_sample_percentiles) if single else [],
+        server_compute_ms=single_server.compute_ms if single_server else None,
+        server_queue_ms=single_server.queue_ms if single_server else None,
+        best_inferences_per_s=best.inferences_per_s if best else None,
+        best_batch_size=best.batch_size if best else None,
+        best_batch_p50_ms=best.latency.p50_ms if best else None,
+        memory_bytes=result.memory_bytes,
+        memory_kind=result.memory_kind,
+        cost_per_1k=cost_per_1k(pool.cost_per_hour, best.inferences_per_s) if best else None,
+        cost_per_hour=pool.cost_per_hour,
+        parity_cosine=parity.min_cosine if parity else 1.0,
+    )
+
+
+def _winner(
+    rows: Sequence[VerdictRow], attr: str, unit: str, basis: str, lowest: bool
+) -> api.Winner | None:
+    eligible = [r for r in rows if r.ok and getattr(r, attr) is not None]
+    if not eligible:
+        return None
+    pick = (min if lowest else max)(eligible, key=lambda r: float(getattr(r, attr)))
+    return api.Winner(
+        backend=pick.backend,
+        pool=pick.pool,
+        value=float(getattr(pick, attr)),
+        unit=unit,
+        basis=basis.format(row=pick),
+    )
+
+
+def analyze(
+    suite: api.BenchmarkSuite,
+    results: Sequence[CellResult],
+    failures: Sequence[tuple[str, str, str]] = (),
+) -> Verdict:
+    """`failures` lists (backend, pool, reason) for cells that produced no result."""
+    spec = suite.spec
+    pools = {p.name: p for p in spec.node_pools}
+    reference_name = spec.parity.reference or spec.backends[0].name
+    rows: list[VerdictRow] = []
+    parity_checks: list[ParityCheck] = []
+    notes: list[str] = []
+    for result in results:
+        reference = next(
+            (r for r in results if r.backend == reference_name and r.pool == result.pool), None
+        )
+        parity: ParityCheck | None = None
+        if result.backend != reference_name:
+            if reference is None:
+                notes.append(
+                    f"{result.backend}/{result.pool}: reference '{reference_name}' has no "
+                    "result on this pool, so parity was not checked"
+                )
+            else:
+                parity = check_parity(reference, result, spec.parity.min_cosine)
+                parity_checks.append(parity)
+        rows.append(_row(result, pools[result.pool], parity))
+    for backend, pool, reason in failures:
+        rows.append(
+            VerdictRow(
+                backend=backend,
+                pool=pool,
+                ok=False,
+                status=f"failed: {reason}",
+                cost_per_hour=pools[pool].cost_per_hour if pool in pools else 0,
+            )
+        )
+    winners: dict[str, api.Winner] = {}
+    for category, attr, unit, basis, lowest in (
+        (
+            "latency",
+            "single_p50_ms",
+            "ms",
+            "single-image p50 of {row.single_samples} requests",
+            True,
+        ),
+        (
+            "throughput",
+            "best_inferences_per_s",
+            "inferences/s",
+            "closed loop at batch {row.best_batch_size}",
+            False,
+        ),
+        (
+            "cost",
+            "cost_per_1k",
+            "per 1000 inferences",
+            "{row.cost_per_hour}/h at {row.best_inferences_per_s:.1f} inferences/s, "
+            "batch {row.best_batch_size}",
+            True,
+        ),
+        ("memory", "memory_bytes", "bytes", "{row.memory_kind} at the end of the run", True),
+    ):
+        winner = _winner(rows, attr, unit, basis, lowest)
+        if winner is not None:
+            winners[category] = winner
+    return Verdict(
+        suite=suite.metadata.name,
+        rows=rows,
+        winners=winners,
+        recommendations=recommend(rows, spec.node_pools),
+        parity=parity_checks,
+        notes=notes,
+    )
+
+
+def recommend(rows: Sequence[VerdictRow], pools: Sequence[api.NodePool]) -> list[str]:
+    """One sentence per pool: the backend to use for latency, and for throughput per cost."""
+    sentences = []
+    for pool in pools:
+        eligible = [r for r in rows if r.pool == pool.name and r.ok]
+        if not eligible:
+            sentences.append(f"{pool.name}: no backend produced trustworthy results")
+            continue
+        fastest = _winner(eligible, "single_p50_ms", "ms", "", lowest=True)
+        cheapest = _winner(eligible, "cost_per_1k", "", "", lowest=True)
+        parts = []
+        if fastest is not None:
+            parts.append(f"lowest latency: {fastest.backend} (p50 {fastest.value:.2f} ms)")
+        if cheapest is not None:
+            row = next(r for r in eligible if r.backend == cheapest.backend)
+            parts.append(
+                f"cheapest at scale: {cheapest.backend} ({cheapest.value:.4f} per 1000 "
+                f"inferences at batch {row.best_batch_size}, "
+                f"{row.best_inferences_per_s or 0:.1f} inferences/s)"
+            )
+        sentences.append(f"{pool.name}: " + "; ".join(parts))
+    return sentences

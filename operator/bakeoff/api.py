@@ -1,0 +1,267 @@
+"""The `BenchmarkSuite` API (bakeoff.dev/v1alpha1): the pydantic models are the source of truth.
+
+Field names are camelCase on the wire, snake_case in code. The models check each field on its
+own; rules that relate fields to each other live in `validation.check_suite`, which can name
+the exact field path of a problem (a pydantic model validator could only blame the parent).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+from bakeoff_bench.models import StrictModel
+
+API_GROUP: Final = "bakeoff.dev"
+API_VERSION: Final = "v1alpha1"
+KIND: Final = "BenchmarkSuite"
+
+# Names end up in Kubernetes object names and labels, and in URL paths (/v2/models/{name}).
+DnsLabel = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+]
+SuiteName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+]
+# A model name as Triton's repository layout and the /v2/models/{name} path accept it.
+ModelName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"),
+]
+
+
+class BuiltinModel(StrEnum):
+    VIT_B32_CLIP = "vit-b32-clip"
+    VIT_TINY_CLIP = "vit-tiny-clip"
+
+
+class InputFormat(StrEnum):
+    FP32_TENSOR = "fp32-tensor"
+
+
+class BackendKind(StrEnum):
+    PYTORCH = "pytorch"
+    TRITON_ONNX = "triton-onnx"
+
+
+class ExecutionProvider(StrEnum):
+    CPU = "cpu"
+    CUDA = "cuda"
+    TENSORRT = "tensorrt"
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class CleanupPolicy(StrEnum):
+    ON_SUCCESS = "OnSuccess"
+    ALWAYS = "Always"
+    NEVER = "Never"
+
+
+class ArrivalProcess(StrEnum):
+    CONSTANT = "constant"
+    POISSON = "poisson"
+
+
+class ModelSource(StrictModel):
+    builtin: BuiltinModel = Field(description="Architecture to serve (OpenCLIP ViT-B/32 tower)")
+    weights: str | None = Field(
+        default=None,
+        description="Path to a PyTorch state dict for the builtin; omitted: seeded random init",
+    )
+
+
+class ModelInput(StrictModel):
+    format: InputFormat = Field(default=InputFormat.FP32_TENSOR, description="Payload format")
+
+
+class ModelSpec(StrictModel):
+    name: ModelName = Field(description="Model name served at /v2/models/{name}")
+    source: ModelSource
+    input: ModelInput = Field(default_factory=ModelInput)
+    seed: int = Field(default=0, ge=0, description="Seed of random init and of the inputs")
+
+
+class DynamicBatching(StrictModel):
+    max_queue_delay_microseconds: int = Field(
+        default=0, ge=0, le=1_000_000, description="How long Triton waits to form a batch"
+    )
+    preferred_batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
+
+
+class Backend(StrictModel):
+    name: DnsLabel = Field(description="Unique name of this candidate")
+    kind: BackendKind
+    precision: Precision = Precision.FP32
+    execution_provider: ExecutionProvider | None = Field(
+        default=None, description="ONNX Runtime execution provider; triton-onnx only"
+    )
+    max_batch_size: int = Field(default=32, gt=0, le=1024)
+    dynamic_batching: DynamicBatching | None = Field(
+        default=None, description="Triton dynamic batching; triton-onnx only"
+    )
+
+
+class Toleration(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class NodePool(StrictModel):
+    name: DnsLabel
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    gpus: int = Field(default=1, ge=0, le=16, description="GPUs per backend pod; 0 = CPU pool")
+    cost_per_hour: float = Field(
+        ge=0, le=10_000, description="Price of one node-hour, any currency"
+    )
+
+
+class SingleScenario(StrictModel):
+    requests: int = Field(default=200, gt=0, le=1_000_000)
+    warmup: int = Field(default=20, ge=0, le=100_000)
+
+
+class BatchSweepScenario(StrictModel):
+    batch_sizes: list[Annotated[int, Field(gt=0, le=1024)]] = Field(
+        default_factory=lambda: [1, 4, 8, 16, 32], min_length=1, max_length=32
+    )
+    requests: int = Field(default=50, gt=0, le=1_000_000, description="Measured per batch size")
+    warmup: int = Field(default=5, ge=0, le=100_000)
+
+
+class ConcurrencySweepScenario(StrictModel):
+    levels: list[Annotated[int, Field(gt=0, le=4096)]] = Field(min_length=1, max_length=32)
+    requests: int = Field(default=200, gt=0, le=1_000_000, description="Measured per level")
+
+
+class RateScenario(StrictModel):
+    requests_per_second: list[Annotated[float, Field(gt=0, le=1_000_000)]] = Field(
+        min_length=1, max_length=32
+    )
+    arrival: ArrivalProcess = ArrivalProcess.POISSON
+    slo_p99_ms: float | None = Field(default=None, gt=0)
+    duration_seconds: float = Field(default=30, gt=0, le=3600)
+
+
+class Scenarios(StrictModel):
+    single: SingleScenario | None = Field(default_factory=SingleScenario)
+    batch_sweep: BatchSweepScenario | None = Field(default_factory=BatchSweepScenario)
+    concurrency_sweep: ConcurrencySweepScenario | None = None
+    rate: RateScenario | None = None
+
+
+class Parity(StrictModel):
+    reference: str | None = Field(
+        default=None, description="Backend whose outputs are the truth; default: the first"
+    )
+    min_cosine: float = Field(default=0.999, gt=0, le=1)
+
+
+class Cleanup(StrictModel):
+    policy: CleanupPolicy = CleanupPolicy.ON_SUCCESS
+
+
+class BenchmarkSuiteSpec(StrictModel):
+    model: ModelSpec
+    backends: list[Backend] = Field(min_length=1, max_length=16)
+    node_pools: list[NodePool] = Field(min_length=1, max_length=16)
+    scenarios: Scenarios = Field(default_factory=Scenarios)
+    parity: Parity = Field(default_factory=Parity)
+    cleanup: Cleanup = Field(default_factory=Cleanup)
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes metadata Bakeoff reads; the rest passes through untouched."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: SuiteName
+    namespace: str | None = None
+    generation: int | None = None
+
+
+# ----- status -----
+
+
+class SuitePhase(StrEnum):
+    PENDING = "Pending"
+    DEPLOYING = "Deploying"
+    BENCHMARKING = "Benchmarking"
+    ANALYZING = "Analyzing"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class CellPhase(StrEnum):
+    PENDING = "Pending"
+    DEPLOYING = "Deploying"
+    BENCHMARKING = "Benchmarking"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Condition(StrictModel):
+    """metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: datetime | None = None
+    observed_generation: int | None = None
+
+
+class CellStatus(StrictModel):
+    backend: str
+    pool: str
+    phase: CellPhase = CellPhase.PENDING
+    node: str | None = None
+    message: str = ""
+    result_ref: str | None = Field(default=None, description="Where the full result lives")
+
+
+class Winner(StrictModel):
+    backend: str
+    pool: str
+    value: float
+    unit: str
+    basis: str = Field(description="How the value was measured, e.g. 'p50 of 200 requests'")
+
+
+class Summary(StrictModel):
+    winners: dict[str, Winner] = Field(default_factory=dict)
+    recommendations: list[str] = Field(default_factory=list)
+    cost_per_1k: dict[str, float] = Field(
+        default_factory=dict, description="'backend/pool' -> cost per 1000 inferences"
+    )
+
+
+class SuiteStatus(StrictModel):
+    phase: SuitePhase = SuitePhase.PENDING
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    cells: list[CellStatus] = Field(default_factory=list)
+    summary: Summary | None = None
+
+
+class BenchmarkSuite(StrictModel):
+    api_version: Literal["bakeoff.dev/v1alpha1"]
+    kind: Literal["BenchmarkSuite"]
+    metadata: ObjectMeta
+    spec: BenchmarkSuiteSpec
+    status: SuiteStatus | None = None

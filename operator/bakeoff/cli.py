@@ -1,0 +1,168 @@
+"""The `bakeoff` command: validate a suite, run it locally, re-render a report.
+
+Exit codes: 0 success, 1 the run finished but some cell failed, 2 bad input (the suite or the
+arguments), 130 interrupted. Errors are one readable message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from bakeoff import __version__, analysis, api, plan, report, validation
+from bakeoff_bench.results import CellResult
+
+if TYPE_CHECKING:
+    pass
+
+EXIT_OK, EXIT_CELL_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _eprint(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _progress_printer() -> Callable[[str], None]:
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        _eprint(f"[{time.monotonic() - started:6.1f}s] {message}")
+
+    return progress
+
+
+def _load(path: str) -> api.BenchmarkSuite | None:
+    try:
+        return validation.load_suite(Path(path))
+    except validation.SuiteInvalid as invalid:
+        _eprint(f"{invalid.source}: invalid BenchmarkSuite ({len(invalid.problems)} problem(s))")
+        for problem in invalid.problems:
+            _eprint(f"  {problem.render()}")
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    suite = _load(args.file)
+    if suite is None:
+        return EXIT_BAD_INPUT
+    cells = plan.plan_cells(suite.spec)
+    print(
+        f"{args.file}: valid BenchmarkSuite '{suite.metadata.name}': "
+        f"{len(suite.spec.backends)} backend(s) x {len(suite.spec.node_pools)} pool(s) = "
+        f"{len(cells)} cell(s)"
+    )
+    return EXIT_OK
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if not args.local:
+        _eprint(
+            "bakeoff run needs --local for now: it runs the suite on this machine. On a cluster, "
+            f"apply the suite instead: kubectl apply -f {args.file}"
+        )
+        return EXIT_BAD_INPUT
+    suite = _load(args.file)
+    if suite is None:
+        return EXIT_BAD_INPUT
+    from bakeoff import local  # imports the servers' launchers and the load generator
+
+    progress = _progress_printer()
+    skipped = plan.unimplemented_scenarios(suite.spec)
+    if skipped:
+        progress(f"note: scenarios {', '.join(skipped)} are accepted but not run by this version")
+    options = local.LocalOptions(out_dir=Path(args.out), pool=args.pool, device=args.device)
+    # SIGTERM takes the same path as Ctrl-C, so servers are stopped either way.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    suite_dir = options.out_dir / suite.metadata.name
+    try:
+        outcomes = local.run_local(suite, options, progress)
+    except local.LocalRunError as error:
+        _eprint(f"cannot run {args.file} locally: {error}")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _eprint(f"interrupted: servers stopped; results so far are in {suite_dir}/cells")
+        return EXIT_INTERRUPTED
+    results = local.load_results(outcomes)
+    failures = [(o.backend, o.pool, o.message) for o in outcomes if o.phase is api.CellPhase.FAILED]
+    verdict = analysis.analyze(suite, results, failures)
+    paths = report.write_report(verdict, results, suite_dir)
+    print(report.render_table(verdict))
+    print(f"\nreport: {paths[0]}  {paths[1]}\nresults: {suite_dir}/cells/")
+    for backend, pool, reason in failures:
+        _eprint(f"\ncell {backend}/{pool} failed:\n{reason}")
+    return EXIT_CELL_FAILED if failures else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    suite_dir = Path(args.results)
+    suite = _load(args.suite) if args.suite else None
+    cell_files = sorted((suite_dir / "cells").glob("*.json"))
+    if not cell_files:
+        _eprint(f"{suite_dir}/cells has no results; run `bakeoff run SUITE --local` first")
+        return EXIT_BAD_INPUT
+    if suite is None:
+        if args.suite:
+            return EXIT_BAD_INPUT
+        _eprint("--suite FILE is needed to know pools, prices and the parity reference")
+        return EXIT_BAD_INPUT
+    results = [CellResult.model_validate_json(p.read_text()) for p in cell_files]
+    outcomes_file = suite_dir / "outcomes.json"
+    failures: list[tuple[str, str, str]] = []
+    if outcomes_file.exists():
+        for cell in json.loads(outcomes_file.read_text()).get("cells", []):
+            if cell.get("phase") == api.CellPhase.FAILED.value:
+                failures.append((cell["backend"], cell["pool"], cell.get("message", "")))
+    verdict = analysis.analyze(suite, results, failures)
+    paths = report.write_report(verdict, results, suite_dir)
+    print(report.render_table(verdict))
+    print(f"\nreport: {paths[0]}  {paths[1]}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bakeoff", description="Fair, reproducible bake-offs between inference backends."
+    )
+    parser.add_argument("--version", action="version", version=f"bakeoff {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_validate = sub.add_parser("validate", help="check a suite file; list every problem")
+    p_validate.add_argument("file")
+    p_validate.set_defaults(func=cmd_validate)
+    p_run = sub.add_parser("run", help="run a suite")
+    p_run.add_argument("file")
+    p_run.add_argument("--local", action="store_true", help="run on this machine, no cluster")
+    p_run.add_argument("--out", default="results", help="results folder (default: results)")
+    p_run.add_argument("--pool", help="pool whose price and device to use (default: first)")
+    p_run.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="auto: the pool's (gpus: 0 means cpu)",
+    )
+    p_run.set_defaults(func=cmd_run)
+    p_report = sub.add_parser("report", help="re-render the report from a results folder")
+    p_report.add_argument("results", help="e.g. results/cpu-mock")
+    p_report.add_argument("--suite", required=True, help="the suite file the results came from")
+    p_report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""`bakeoff run SUITE --local`: every cell of a suite on this machine, one backend at a time.
+
+Each backend starts as a child process on free loopback ports, the load generator measures
+it in-process, and the backend is stopped before the next one starts (also on failure and
+on Ctrl-C), so backends never compete for the cores. A failed cell is recorded with its
+reason and the others still run. Results land in `<out>/<suite>/` as they are produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import psutil
+
+from bakeoff import api, plan
+from bakeoff_bench import config as bench_config
+from bakeoff_bench import runner as bench_runner
+from bakeoff_bench.models import StrictModel
+from bakeoff_bench.results import CellResult
+from bakeoff_serve import launch, process
+from bakeoff_serve.model_configs import BUILTIN_MODELS
+
+Progress = Callable[[str], None]
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+
+class CellOutcome(StrictModel):
+    """What happened to one cell: its result, or why there is none."""
+
+    backend: str
+    pool: str
+    phase: api.CellPhase
+    message: str = ""
+    result_file: str | None = None
+    log_file: str | None = None
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    out_dir: Path
+    pool: str | None = None
+    device: DeviceChoice = "auto"
+    ready_timeout_s: float = 600.0
+    cache_dir: Path | None = None
+
+
+class LocalRunError(Exception):
+    """The suite cannot run locally as asked; the message says what to change."""
+
+
+def choose_pool(spec: api.BenchmarkSuiteSpec, requested: str | None) -> api.NodePool:
+    if requested is None:
+        return spec.node_pools[0]
+    for pool in spec.node_pools:
+        if pool.name == requested:
+            return pool
+    names = ", ".join(p.name for p in spec.node_pools)
+    raise LocalRunError(f"--pool {requested}: no such pool in this suite; pools: {names}")
+
+
+def choose_device(pool: api.NodePool, requested: DeviceChoice, cuda_available: bool) -> str:
+    """The device this machine uses for `pool`; refuses to fake a GPU pool silently."""
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda":
+        if not cuda_available:
+            raise LocalRunError("--device cuda: PyTorch sees no CUDA device on this machine")
+        return "cuda"
+    if pool.gpus == 0:
+        return "cpu"
+    if cuda_available:
+        return "cuda"
+    raise LocalRunError(
+        f"pool '{pool.name}' asks for {pool.gpus} GPU(s) and this machine has none; "
+        "pass --device cpu to run its backends on the CPU anyway (numbers will be CPU numbers)"
+    )
+
+
+def _process_tree_rss(pid: int) -> int:
+    """Resident memory of a server and its children (Triton's Python-backend stubs)."""
+    try:
+        parent = psutil.Process(pid)
+        members = [parent, *parent.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for member in members:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def backend_command(
+    suite: api.BenchmarkSuite,
+    backend: api.Backend,
+    device: str,
+    work_dir: Path,
+    cache_dir: Path | None,
+) -> tuple[process.Command, bench_config.Target]:
+    """Prepare a backend (ONNX export, Triton repository) and say how to start and reach it."""
+    spec = suite.spec
+    builtin = spec.model.source.builtin.value
+    weights = Path(spec.model.source.weights) if spec.model.source.weights else None
+    http_port, grpc_port = process.free_port(), process.free_port()
+    if backend.kind is api.BackendKind.PYTORCH:
+        command = launch.pytorch_server_command(
+            model_name=spec.model.name,
+            builtin=builtin,
+            device=device,
+            precision=backend.precision.value,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            max_batch_size=backend.max_batch_size,
+            warmup_batch_sizes=plan.warmup_batch_sizes(spec, backend),
+            seed=spec.model.seed,
+            weights=weights,
+        )
+        metrics_url = f"http://127.0.0.1:{http_port}/metrics"
+    else:
+        from bakeoff_serve import onnx_export, triton_repo  # heavy: only when Triton is used
+
+        assert backend.execution_provider is not None  # validation.check_suite guarantees it
+        config = BUILTIN_MODELS[builtin]
+        onnx_path = onnx_export.prepare_onnx(
+            builtin, weights, spec.model.seed, cache_dir or onnx_export.default_cache_dir()
+        )
+        batching = backend.dynamic_batching or api.DynamicBatching()
+        repo = triton_repo.write_python_backend_repository(
+            work_dir / "model-repository",
+            spec.model.name,
+            onnx_path,
+            max_batch_size=backend.max_batch_size,
+            execution_provider=backend.execution_provider.value,
+            image_size=config.image_size,
+            embed_dim=config.embed_dim,
+            preferred_batch_sizes=list(batching.preferred_batch_sizes),
+            max_queue_delay_us=batching.max_queue_delay_microseconds,
+        )
+        metrics_port = process.free_port()
+        command = launch.triton_server_command(repo, http_port, grpc_port, metrics_port)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    target = bench_config.Target(
+        http_url=f"http://127.0.0.1:{http_port}",
+        metrics_url=metrics_url,
+        model_name=spec.model.name,
+    )
+    return command, target
+
+
+def run_cell(
+    suite: api.BenchmarkSuite,
+    cell: plan.Cell,
+    device: str,
+    options: LocalOptions,
+    progress: Progress,
+) -> CellOutcome:
+    suite_dir = options.out_dir / suite.metadata.name
+    work_dir = suite_dir / "work" / cell.key
+    log_path = suite_dir / "logs" / f"{cell.key}.log"
+    outcome = CellOutcome(
+        backend=cell.backend.name,
+        pool=cell.pool.name,
+        phase=api.CellPhase.DEPLOYING,
+        log_file=str(log_path),
+    )
+    try:
+        command, target = backend_command(suite, cell.backend, device, work_dir, options.cache_dir)
+        progress(f"starting {cell.backend.kind.value} server (log: {log_path})")
+        with process.running_server(command, log_path, options.ready_timeout_s) as server:
+            progress(f"ready and warm after {server.time_to_ready_s:.1f} s")
+            config = plan.build_bench_config(suite, cell, target)
+            result = asyncio.run(bench_runner.run_bench(config, progress))
+            if result.memory_bytes is None:
+                result.memory_bytes = _process_tree_rss(server.process.pid)
+                result.memory_kind = "host-rss"
+            result.time_to_ready_s = server.time_to_ready_s
+            result.notes.append(f"served on {device} (local run)")
+    except (process.ServerStartError, bench_runner.BenchError, OSError, ValueError) as error:
+        outcome.phase = api.CellPhase.FAILED
+        outcome.message = str(error)
+        return outcome
+    result_path = suite_dir / "cells" / f"{cell.key}.json"
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(result.model_dump_json(by_alias=True, indent=2))
+    outcome.phase = api.CellPhase.SUCCEEDED
+    outcome.result_file = str(result_path)
+    return outcome
+
+
+def run_local(
+    suite: api.BenchmarkSuite, options: LocalOptions, progress: Progress
+) -> list[CellOutcome]:
+    """Run every backend of the chosen pool; write each outcome as soon as it is known."""
+    pool = choose_pool(suite.spec, options.pool)
+    cuda_available = False
+    if (options.device != "cpu" and pool.gpus > 0) or options.device == "cuda":
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    device = choose_device(pool, options.device, cuda_available)
+    cells = [c for c in plan.plan_cells(suite.spec) if c.pool.name == pool.name]
+    suite_dir = options.out_dir / suite.metadata.name
+    suite_dir.mkdir(parents=True, exist_ok=True)
+    outcomes: list[CellOutcome] = []
+    for index, cell in enumerate(cells, start=1):
+        prefix = f"[{index}/{len(cells)}] {cell.backend.name} on {pool.name} ({device})"
+
+        def cell_progress(message: str, prefix: str = prefix) -> None:
+            progress(f"{prefix}: {message}")
+
+        cell_progress("preparing")
+        outcome = run_cell(suite, cell, device, options, cell_progress)
+        if outcome.phase is api.CellPhase.FAILED:
+            cell_progress(f"FAILED: {outcome.message.splitlines()[0]}")
+        else:
+            cell_progress("done")
+        outcomes.append(outcome)
+        _write_outcomes(suite_dir, outcomes)
+    return outcomes
+
+
+def _write_outcomes(suite_dir: Path, outcomes: list[CellOutcome]) -> None:
+    document = {
+        "writtenAt": datetime.now(UTC).isoformat(),
+        "cells": [o.model_dump(mode="json", by_alias=True) for o in outcomes],
+    }
+    (suite_dir / "outcomes.json").write_text(json.dumps(document, indent=2))
+
+
+def load_results(outcomes: list[CellOutcome]) -> list[CellResult]:
+    return [
+        CellResult.model_validate_json(Path(o.result_file).read_text())
+        for o in outcomes
+        if o.result_file is not None
+    ]

@@ -1,0 +1,302 @@
+"""Turn a suite file into a `BenchmarkSuite`, or into a list of problems a person can fix.
+
+Every problem names its field path (`spec.backends[1].kind`), says what is wrong and, where
+we can tell, what to write instead. The CLI prints them; nothing here raises to the user.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from bakeoff import api
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    hint: str = ""
+
+    def render(self) -> str:
+        text = f"{self.path}: {self.message}"
+        return f"{text}\n    hint: {self.hint}" if self.hint else text
+
+
+class SuiteInvalid(Exception):
+    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
+        super().__init__(f"{source}: {len(problems)} problem(s)")
+        self.source = source
+        self.problems = list(problems)
+
+
+def format_loc(loc: Iterable[int | str]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(document)"
+
+
+def _model_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at `loc` (for 'did you mean' hints)."""
+    model: type[BaseModel] = api.BenchmarkSuite
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
+        if field is None:
+            return None
+        inner = _first_model_type(field.annotation)
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _first_model_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _first_model_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _hint_for(error: Any) -> str:
+    kind = error["type"]
+    loc = error["loc"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc)
+        if model is not None:
+            known = [f.alias or n for n, f in model.model_fields.items()]
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            if close:
+                return f"did you mean '{close[0]}'? fields here: {', '.join(known)}"
+            return f"fields allowed here: {', '.join(known)}"
+    if kind == "missing":
+        return f"add '{loc[-1]}'"
+    if kind in ("enum", "literal_error"):
+        return "use one of the values listed"
+    if kind == "string_pattern_mismatch":
+        return "use lower-case letters, digits and '-', starting and ending with a letter or digit"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return "change the number to fit the bound"
+    if kind == "too_short":
+        return "add at least one entry"
+    return ""
+
+
+def problems_from_validation_error(error: ValidationError) -> list[Problem]:
+    problems = []
+    for item in error.errors(include_url=False):
+        problems.append(Problem(format_loc(item["loc"]), str(item["msg"]), _hint_for(item)))
+    return problems
+
+
+def _duplicates(names: Sequence[str]) -> set[str]:
+    return {name for name, count in Counter(names).items() if count > 1}
+
+
+def check_suite(suite: api.BenchmarkSuite) -> list[Problem]:
+    """Rules across fields, each reported at the exact path of the offending value."""
+    spec = suite.spec
+    problems: list[Problem] = []
+    backend_names = [b.name for b in spec.backends]
+    for field, names in (
+        ("backends", backend_names),
+        ("nodePools", [p.name for p in spec.node_pools]),
+    ):
+        dup = _duplicates(names)
+        for index, name in enumerate(names):
+            if name in dup and names.index(name) != index:
+                problems.append(
+                    Problem(
+                        f"spec.{field}[{index}].name",
+                        f"duplicate name '{name}'",
+                        "give every entry a unique name",
+                    )
+                )
+    sweep = spec.scenarios.batch_sweep
+    for index, backend in enumerate(spec.backends):
+        at = f"spec.backends[{index}]"
+        if backend.kind is api.BackendKind.PYTORCH:
+            if backend.execution_provider is not None:
+                problems.append(
+                    Problem(
+                        f"{at}.executionProvider",
+                        "executionProvider applies to kind triton-onnx only",
+                        "remove it; the pytorch backend runs on the pool's device",
+                    )
+                )
+            if backend.dynamic_batching is not None:
+                problems.append(
+                    Problem(
+                        f"{at}.dynamicBatching",
+                        "dynamicBatching applies to kind triton-onnx only",
+                        "remove it",
+                    )
+                )
+        if backend.kind is api.BackendKind.TRITON_ONNX:
+            if backend.execution_provider is None:
+                problems.append(
+                    Problem(
+                        f"{at}.executionProvider",
+                        "triton-onnx needs an execution provider",
+                        "set executionProvider: cuda, tensorrt or cpu",
+                    )
+                )
+            elif (
+                backend.execution_provider is api.ExecutionProvider.CPU
+                and backend.precision is not api.Precision.FP32
+            ):
+                problems.append(
+                    Problem(
+                        f"{at}.precision",
+                        f"precision {backend.precision.value} is not supported by the CPU "
+                        "execution provider",
+                        "use precision: fp32 with executionProvider: cpu",
+                    )
+                )
+            elif (
+                backend.execution_provider is api.ExecutionProvider.CUDA
+                and backend.precision is not api.Precision.FP32
+            ):
+                problems.append(
+                    Problem(
+                        f"{at}.precision",
+                        "the CUDA execution provider runs the exported fp32 graph",
+                        "use precision: fp32, or executionProvider: tensorrt for fp16",
+                    )
+                )
+            elif (
+                backend.execution_provider is api.ExecutionProvider.TENSORRT
+                and backend.precision is api.Precision.BF16
+            ):
+                problems.append(
+                    Problem(
+                        f"{at}.precision",
+                        "the TensorRT execution provider supports fp32 and fp16, not bf16",
+                        "use precision: fp16",
+                    )
+                )
+        if sweep is not None:
+            too_big = [b for b in sweep.batch_sizes if b > backend.max_batch_size]
+            if too_big:
+                problems.append(
+                    Problem(
+                        f"{at}.maxBatchSize",
+                        f"maxBatchSize {backend.max_batch_size} is below the swept batch sizes "
+                        f"{too_big}",
+                        f"raise maxBatchSize to {max(too_big)} or drop those sizes from "
+                        "spec.scenarios.batchSweep.batchSizes",
+                    )
+                )
+        batching = backend.dynamic_batching
+        if batching is not None:
+            over = [b for b in batching.preferred_batch_sizes if b > backend.max_batch_size]
+            if over:
+                problems.append(
+                    Problem(
+                        f"{at}.dynamicBatching.preferredBatchSizes",
+                        f"preferred sizes {over} exceed maxBatchSize {backend.max_batch_size}",
+                        "keep preferred batch sizes at or below maxBatchSize",
+                    )
+                )
+    if sweep is not None and len(set(sweep.batch_sizes)) != len(sweep.batch_sizes):
+        problems.append(
+            Problem(
+                "spec.scenarios.batchSweep.batchSizes",
+                f"batch sizes repeat: {sweep.batch_sizes}",
+                "list each batch size once",
+            )
+        )
+    reference = spec.parity.reference
+    if reference is not None and reference not in backend_names:
+        close = difflib.get_close_matches(reference, backend_names, n=1)
+        problems.append(
+            Problem(
+                "spec.parity.reference",
+                f"'{reference}' is not a backend of this suite",
+                f"did you mean '{close[0]}'?"
+                if close
+                else f"use one of: {', '.join(backend_names)}",
+            )
+        )
+    for index, pool in enumerate(spec.node_pools):
+        if pool.gpus > 0 and not pool.node_selector:
+            problems.append(
+                Problem(
+                    f"spec.nodePools[{index}].nodeSelector",
+                    "a GPU pool needs a nodeSelector, or its pods may land on any node",
+                    "select the pool's nodes, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}",
+                )
+            )
+    return problems
+
+
+def parse_suite(document: Any, source: str = "suite") -> api.BenchmarkSuite:
+    """Validate a decoded document; raise SuiteInvalid listing every problem."""
+    if not isinstance(document, dict):
+        raise SuiteInvalid(
+            source,
+            [
+                Problem(
+                    "(document)",
+                    f"expected a mapping (a BenchmarkSuite object), got {type(document).__name__}",
+                    "start the file with 'apiVersion: bakeoff.dev/v1alpha1' and "
+                    "'kind: BenchmarkSuite'",
+                )
+            ],
+        )
+    try:
+        suite = api.BenchmarkSuite.model_validate(document)
+    except ValidationError as error:
+        raise SuiteInvalid(source, problems_from_validation_error(error)) from None
+    problems = check_suite(suite)
+    if problems:
+        raise SuiteInvalid(source, problems)
+    return suite
+
+
+def load_suite(path: Path) -> api.BenchmarkSuite:
+    """Read and validate a suite file (YAML or JSON); raise SuiteInvalid on any problem."""
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SuiteInvalid(
+            source, [Problem("(file)", f"cannot read: {error.strerror}", "check the path")]
+        ) from None
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(document)"
+        problem = getattr(error, "problem", None) or str(error)
+        raise SuiteInvalid(
+            source,
+            [Problem(where, f"not valid YAML: {problem}", "check indentation and quoting there")],
+        ) from None
+    if len(documents) != 1:
+        raise SuiteInvalid(
+            source,
+            [
+                Problem(
+                    "(file)",
+                    f"expected exactly one YAML document, found {len(documents)}",
+                    "put one BenchmarkSuite per file",
+                )
+            ],
+        )
+    return parse_suite(documents[0], source)

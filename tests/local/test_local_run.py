@@ -1,0 +1,133 @@
+"""The local tier: `bakeoff run SUITE --local` as a user runs it, servers and all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.local
+
+SUITES = Path(__file__).parent / "suites"
+BAKEOFF = [sys.executable, "-m", "bakeoff.cli"]
+
+
+def run_bakeoff(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BAKEOFF, *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def servers_started_after(t0: float) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "create_time"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.info["create_time"] >= t0 and (
+            "bakeoff_serve" in cmdline
+            or "tritonserver" in cmdline
+            or "triton_python_backend_stub" in cmdline
+        ):
+            found.append(proc)
+    return found
+
+
+def test_local_run_compares_pytorch_and_triton_and_writes_the_report(tmp_path: Path) -> None:
+    t0 = time.time()
+    done = run_bakeoff("run", str(SUITES / "tiny.yaml"), "--local", "--out", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    suite_dir = tmp_path / "out" / "tiny"
+    # the verdict table and where the report is
+    assert "Winners:" in done.stdout
+    assert "Recommendations:" in done.stdout
+    assert "report.md" in done.stdout
+    # progress was shown while it worked
+    assert "[1/2] pytorch on local (cpu): ready and warm after" in done.stderr
+    assert "[2/2] triton-onnx-cpu on local (cpu)" in done.stderr
+    cells = {p.stem: json.loads(p.read_text()) for p in (suite_dir / "cells").glob("*.json")}
+    assert set(cells) == {"pytorch-local", "triton-onnx-cpu-local"}
+    pytorch, triton = cells["pytorch-local"], cells["triton-onnx-cpu-local"]
+    assert pytorch["server"]["name"] == "bakeoff-pytorch"
+    assert triton["server"]["name"] == "triton"
+    assert "onnxruntime" in triton["server"]["runtime"].lower()
+    for result in (pytorch, triton):
+        assert result["single"]["requests"] == 40
+        assert result["single"]["latency"]["count"] == 40
+        assert "p99" in result["single"]["latency"]["lowSamplePercentiles"]
+        assert result["single"]["server"]["requests"] == 40  # warm-up is outside the window
+        assert [s["batchSize"] for s in result["batchSweep"]] == [1, 4, 8]
+        assert result["batchSweep"][2]["server"]["inferences"] == 80
+        assert result["memoryBytes"] > 0
+        assert result["timeToReadyS"] > 0
+    summary = json.loads((suite_dir / "summary.json").read_text())
+    parity = summary["parity"]
+    assert len(parity) == 1 and parity[0]["passed"] is True
+    assert parity[0]["minCosine"] >= 0.999
+    assert set(summary["winners"]) == {"latency", "throughput", "cost", "memory"}
+    assert (suite_dir / "report.md").read_text().startswith("# Bake-off report: tiny")
+    assert "data:image/png;base64," in (suite_dir / "report.html").read_text()
+    assert {p.name for p in (suite_dir / "plots").iterdir()} == {
+        "latency-percentiles.png",
+        "batch-sweep.png",
+    }
+    assert servers_started_after(t0) == []
+
+
+def test_a_cell_that_cannot_start_fails_with_its_reason_and_the_other_completes(
+    tmp_path: Path,
+) -> None:
+    done = run_bakeoff(
+        "run", str(SUITES / "one-cell-fails.yaml"), "--local", "--out", "out", cwd=tmp_path
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "CUDAExecutionProvider" in done.stderr
+    outcomes = json.loads((tmp_path / "out" / "one-cell-fails" / "outcomes.json").read_text())
+    phases = {c["backend"]: c["phase"] for c in outcomes["cells"]}
+    assert phases == {"pytorch": "Succeeded", "triton-onnx-cuda": "Failed"}
+    assert "failed: " in done.stdout  # the verdict table shows the failed cell
+
+
+def test_ctrl_c_stops_every_server_and_keeps_finished_results(tmp_path: Path) -> None:
+    t0 = time.time()
+    runner = subprocess.Popen(
+        [*BAKEOFF, "run", str(SUITES / "tiny.yaml"), "--local", "--out", "out"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Interrupt while the second backend (Triton) is being measured.
+    deadline = time.monotonic() + 300
+    first_result = tmp_path / "out" / "tiny" / "cells" / "pytorch-local.json"
+    while not first_result.exists():
+        assert runner.poll() is None, runner.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the first cell never finished"
+        time.sleep(0.2)
+    while not any(
+        "tritonserver" in " ".join(p.info["cmdline"] or [])
+        for p in psutil.process_iter(["cmdline"])
+    ):
+        assert time.monotonic() < deadline, "tritonserver never started"
+        time.sleep(0.2)
+    os.kill(runner.pid, signal.SIGINT)
+    _, err = runner.communicate(timeout=120)
+    assert runner.returncode == 130, err[-3000:]
+    assert "interrupted: servers stopped" in err
+    assert first_result.exists()
+    deadline = time.monotonic() + 15
+    while servers_started_after(t0) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert servers_started_after(t0) == []
+
+
+def test_run_without_local_says_how_to_run_on_a_cluster(tmp_path: Path) -> None:
+    done = run_bakeoff("run", str(SUITES / "tiny.yaml"), cwd=tmp_path)
+    assert done.returncode == 2
+    assert "kubectl apply -f" in done.stderr
+    assert "Traceback" not in done.stderr

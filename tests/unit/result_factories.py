@@ -1,0 +1,80 @@
+"""Build CellResults for pure-logic tests (analysis, report) without running servers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from bakeoff_bench.results import (
+    CellResult,
+    Environment,
+    LatencyStats,
+    ScenarioResult,
+    ServerInfo,
+    ServerTimes,
+)
+
+
+def latency(p50: float, count: int = 200) -> LatencyStats:
+    return LatencyStats(
+        count=count,
+        mean_ms=p50 * 1.05,
+        p50_ms=p50,
+        p95_ms=p50 * 1.3,
+        p99_ms=p50 * 1.6,
+        min_ms=p50 * 0.9,
+        max_ms=p50 * 2,
+        low_sample_percentiles=["p99"] if count < 100 else [],
+    )
+
+
+def scenario(
+    kind: str, batch: int, p50: float, images_per_s: float, count: int = 200
+) -> ScenarioResult:
+    return ScenarioResult(
+        scenario=kind,  # type: ignore[arg-type]
+        batch_size=batch,
+        concurrency=1,
+        requests=count,
+        duration_s=count / images_per_s * batch,
+        requests_per_s=images_per_s / batch,
+        inferences_per_s=images_per_s,
+        latency=latency(p50, count),
+        server=ServerTimes(
+            requests=count,
+            inferences=count * batch,
+            executions=count,
+            request_ms=p50 * 0.9,
+            queue_ms=0.05,
+            compute_input_ms=0.1,
+            compute_infer_ms=p50 * 0.7,
+            compute_output_ms=0.05,
+        ),
+    )
+
+
+def cell(
+    backend: str,
+    pool: str = "cpu",
+    p50: float = 10.0,
+    best: float = 200.0,
+    parity: list[list[float]] | None = None,
+    memory: int = 500 * 2**20,
+    single_count: int = 200,
+) -> CellResult:
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    return CellResult(
+        suite="s",
+        backend=backend,
+        pool=pool,
+        started_at=now,
+        finished_at=now,
+        server=ServerInfo(name="triton", version="2.51.0", runtime="onnxruntime cpu"),
+        environment=Environment(hostname="h", client_cpu="cpu", client_cores=2, python="3.11"),
+        seed=0,
+        single=scenario("single", 1, p50, 1000 / p50, single_count),
+        batch_sweep=[scenario("batch", 1, p50, 1000 / p50), scenario("batch", 8, p50 * 4, best)],
+        parity_outputs=parity if parity is not None else [[0.6, 0.8], [1.0, 0.0]],
+        memory_bytes=memory,
+        memory_kind="host-rss",
+        time_to_ready_s=3.0,
+    )

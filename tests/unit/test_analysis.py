@@ -1,0 +1,72 @@
+"""The verdict: cost arithmetic, parity gate, winners and recommendations."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from result_factories import cell
+
+from bakeoff import analysis, validation
+
+SUITE = validation.load_suite(Path(__file__).parents[2] / "examples" / "cpu-mock.yaml")
+
+
+def test_cost_per_1k_follows_the_design_formula() -> None:
+    # 0.10 per hour at 100 inferences/s: 0.10 / 360000 * 1000
+    assert analysis.cost_per_1k(0.10, 100.0) == pytest.approx(0.10 / 360_000 * 1000)
+    assert analysis.cost_per_1k(0.85, 0.0) == math.inf
+
+
+def test_cosine_rows() -> None:
+    assert analysis.cosine_rows([[1, 0], [0, 2]], [[2, 0], [0, 1]]) == [1.0, 1.0]
+    assert analysis.cosine_rows([[1, 0]], [[0, 1]]) == [0.0]
+    with pytest.raises(ValueError, match="rows"):
+        analysis.cosine_rows([[1, 0]], [[1, 0], [0, 1]])
+
+
+def test_fastest_and_highest_throughput_win_their_categories() -> None:
+    results = [
+        cell("pytorch", "cpu-mock", p50=20.0, best=100.0, memory=800 * 2**20),
+        cell("triton-onnx-cpu", "cpu-mock", p50=15.0, best=80.0, memory=600 * 2**20),
+    ]
+    verdict = analysis.analyze(SUITE, results)
+    assert verdict.winners["latency"].backend == "triton-onnx-cpu"
+    assert verdict.winners["throughput"].backend == "pytorch"
+    assert verdict.winners["cost"].backend == "pytorch"
+    assert verdict.winners["memory"].backend == "triton-onnx-cpu"
+    assert verdict.winners["cost"].value == pytest.approx(analysis.cost_per_1k(0.10, 100.0))
+    assert "batch 8" in verdict.winners["throughput"].basis
+    assert len(verdict.recommendations) == 1
+    assert verdict.recommendations[0].startswith("cpu-mock: lowest latency: triton-onnx-cpu")
+
+
+def test_backend_failing_parity_is_shown_but_cannot_win() -> None:
+    results = [
+        cell("pytorch", "cpu-mock", p50=20.0, best=100.0),
+        cell("triton-onnx-cpu", "cpu-mock", p50=5.0, best=500.0, parity=[[0.8, 0.6], [0.0, 1.0]]),
+    ]
+    verdict = analysis.analyze(SUITE, results)
+    bad = next(r for r in verdict.rows if r.backend == "triton-onnx-cpu")
+    assert not bad.ok
+    assert bad.status.startswith("parity failed: cosine 0.0")
+    assert {w.backend for w in verdict.winners.values()} == {"pytorch"}
+    assert verdict.parity[0].passed is False
+
+
+def test_failed_cell_is_listed_with_its_reason() -> None:
+    verdict = analysis.analyze(
+        SUITE, [cell("pytorch", "cpu-mock")], [("triton-onnx-cpu", "cpu-mock", "not ready")]
+    )
+    failed = next(r for r in verdict.rows if r.backend == "triton-onnx-cpu")
+    assert failed.status == "failed: not ready"
+    assert failed.ok is False
+    assert "reference" not in " ".join(verdict.notes)
+
+
+def test_summary_for_status_carries_cost_per_backend_and_pool() -> None:
+    verdict = analysis.analyze(SUITE, [cell("pytorch", "cpu-mock", best=100.0)])
+    summary = verdict.summary()
+    assert set(summary.cost_per_1k) == {"pytorch/cpu-mock"}
+    assert set(summary.winners) == {"latency", "throughput", "cost", "memory"}

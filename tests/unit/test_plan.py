@@ -1,0 +1,80 @@
+"""Planning a suite: cells, warm-up sizes, the load generator's config, local device choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bakeoff import plan, validation
+from bakeoff.local import LocalRunError, choose_device, choose_pool
+from bakeoff_bench.config import Target
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+STUDY = validation.load_suite(EXAMPLES / "rtx4080-vs-a100.yaml")
+MOCK = validation.load_suite(EXAMPLES / "cpu-mock.yaml")
+
+
+def test_cells_are_every_backend_on_every_pool_in_order() -> None:
+    keys = [c.key for c in plan.plan_cells(STUDY.spec)]
+    assert keys == [
+        "pytorch-rtx4080",
+        "triton-onnx-cuda-rtx4080",
+        "triton-onnx-trt-rtx4080",
+        "pytorch-a100",
+        "triton-onnx-cuda-a100",
+        "triton-onnx-trt-a100",
+    ]
+
+
+def test_warmup_covers_every_batch_size_the_suite_sends() -> None:
+    backend = STUDY.spec.backends[0]
+    assert plan.warmup_batch_sizes(STUDY.spec, backend) == [1, 4, 8, 16, 32]
+
+
+def test_bench_config_carries_the_suite_scenarios_and_seed() -> None:
+    cell = plan.plan_cells(MOCK.spec)[1]
+    target = Target(http_url="http://127.0.0.1:1", model_name="openclip-vit-b32")
+    config = plan.build_bench_config(MOCK, cell, target)
+    assert (config.suite, config.backend, config.pool) == (
+        "cpu-mock",
+        "triton-onnx-cpu",
+        "cpu-mock",
+    )
+    assert config.single is not None and config.single.requests == 100
+    assert config.batch_sweep is not None and config.batch_sweep.batch_sizes == [1, 4, 8]
+    assert config.seed == MOCK.spec.model.seed
+
+
+def test_unimplemented_scenarios_are_named() -> None:
+    assert plan.unimplemented_scenarios(STUDY.spec) == ["concurrencySweep", "rate"]
+    assert plan.unimplemented_scenarios(MOCK.spec) == []
+
+
+@pytest.mark.parametrize(
+    ("pool_index", "requested", "cuda", "expected"),
+    [
+        (0, "auto", False, "cpu"),
+        (0, "cpu", True, "cpu"),
+        (0, "cuda", True, "cuda"),
+    ],
+    ids=["cpu-pool-auto", "forced-cpu", "forced-cuda"],
+)
+def test_device_choice_for_cpu_pool(
+    pool_index: int, requested: str, cuda: bool, expected: str
+) -> None:
+    pool = MOCK.spec.node_pools[pool_index]
+    assert choose_device(pool, requested, cuda) == expected  # type: ignore[arg-type]
+
+
+def test_gpu_pool_on_a_machine_without_gpu_is_refused_with_the_fix() -> None:
+    with pytest.raises(LocalRunError, match="pass --device cpu"):
+        choose_device(STUDY.spec.node_pools[0], "auto", cuda_available=False)
+    assert choose_device(STUDY.spec.node_pools[0], "auto", cuda_available=True) == "cuda"
+
+
+def test_unknown_pool_lists_the_pools() -> None:
+    with pytest.raises(LocalRunError, match="pools: rtx4080, a100"):
+        choose_pool(STUDY.spec, "h100")
+    assert choose_pool(STUDY.spec, "a100").name == "a100"
+    assert choose_pool(STUDY.spec, None).name == "rtx4080"

@@ -1,0 +1,50 @@
+"""The report: terminal table, Markdown, HTML and plots from a verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from result_factories import cell
+
+from bakeoff import analysis, report, validation
+
+SUITE = validation.load_suite(Path(__file__).parents[2] / "examples" / "cpu-mock.yaml")
+
+
+def verdict_and_results(single_count: int = 200) -> tuple[analysis.Verdict, list]:  # type: ignore[type-arg]
+    results = [
+        cell("pytorch", "cpu-mock", p50=20.0, best=100.0, single_count=single_count),
+        cell("triton-onnx-cpu", "cpu-mock", p50=15.0, best=80.0, single_count=single_count),
+    ]
+    return analysis.analyze(SUITE, results), results
+
+
+def test_table_lists_every_cell_and_the_winners() -> None:
+    verdict, _ = verdict_and_results()
+    text = report.render_table(verdict)
+    assert "pytorch" in text and "triton-onnx-cpu" in text
+    assert "Single-image latency (p50): triton-onnx-cpu on cpu-mock, 15 ms" in text
+    assert "Throughput: pytorch on cpu-mock, 100 inferences/s" in text
+    assert "fewer than 100 samples" not in text
+
+
+def test_low_sample_p99_is_flagged_everywhere() -> None:
+    verdict, results = verdict_and_results(single_count=30)
+    assert "! p99 from fewer than 100 samples" in report.render_table(verdict)
+    markdown = report.render_markdown(verdict, results, [])
+    assert "p99 from 30 samples (fewer than 100)" in markdown
+
+
+def test_write_report_produces_markdown_html_and_plots(tmp_path: Path) -> None:
+    verdict, results = verdict_and_results()
+    paths = report.write_report(verdict, results, tmp_path)
+    names = {p.name for p in paths}
+    assert names == {"report.md", "report.html", "latency-percentiles.png", "batch-sweep.png"}
+    for png in tmp_path.glob("plots/*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (tmp_path / "report.md").read_text()
+    assert "![batch-sweep](plots/batch-sweep.png)" in markdown
+    assert "## Methodology" in markdown
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    assert (tmp_path / "summary.json").exists()

@@ -1,0 +1,224 @@
+"""`bakeoff validate`: every bad suite is reported at its field path, with a hint."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bakeoff import cli, validation
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "rtx4080-vs-a100.yaml"
+
+
+def good_suite() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    return document
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    document = copy.deepcopy(good_suite())
+    node: Any = document
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node[part]
+    last = parts[-1]
+    if value is DELETE:
+        del node[int(last) if last.isdigit() else last]
+    elif last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return document
+
+
+DELETE = object()
+
+CASES = [
+    ("missing-model", "spec.model", DELETE, "spec.model", "Field required"),
+    (
+        "unknown-backend-kind",
+        "spec.backends.0.kind",
+        "tensorflow",
+        "spec.backends[0].kind",
+        "'pytorch' or 'triton-onnx'",
+    ),
+    (
+        "unknown-provider",
+        "spec.backends.1.executionProvider",
+        "rocm",
+        "spec.backends[1].executionProvider",
+        "'cpu', 'cuda' or 'tensorrt'",
+    ),
+    (
+        "negative-cost",
+        "spec.nodePools.0.costPerHour",
+        -1,
+        "spec.nodePools[0].costPerHour",
+        "greater than or equal to 0",
+    ),
+    (
+        "typo-field",
+        "spec.nodePools.0.nodeSelectr",
+        {"a": "b"},
+        "spec.nodePools[0].nodeSelectr",
+        "Extra inputs",
+    ),
+    (
+        "zero-requests",
+        "spec.scenarios.single.requests",
+        0,
+        "spec.scenarios.single.requests",
+        "greater than 0",
+    ),
+    ("empty-backends", "spec.backends", [], "spec.backends", "at least 1"),
+    ("empty-pools", "spec.nodePools", [], "spec.nodePools", "at least 1"),
+    ("bad-name", "metadata.name", "Not_A_Name", "metadata.name", "pattern"),
+    (
+        "string-for-int",
+        "spec.backends.0.maxBatchSize",
+        "big",
+        "spec.backends[0].maxBatchSize",
+        "valid integer",
+    ),
+    ("wrong-kind", "kind", "Suite", "kind", "'BenchmarkSuite'"),
+    ("wrong-api-version", "apiVersion", "v1", "apiVersion", "bakeoff.dev/v1alpha1"),
+    (
+        "duplicate-backend",
+        "spec.backends.1.name",
+        "pytorch",
+        "spec.backends[1].name",
+        "duplicate name 'pytorch'",
+    ),
+    (
+        "duplicate-pool",
+        "spec.nodePools.1.name",
+        "rtx4080",
+        "spec.nodePools[1].name",
+        "duplicate name 'rtx4080'",
+    ),
+    (
+        "provider-on-pytorch",
+        "spec.backends.0.executionProvider",
+        "cuda",
+        "spec.backends[0].executionProvider",
+        "triton-onnx only",
+    ),
+    (
+        "missing-provider",
+        "spec.backends.1.executionProvider",
+        DELETE,
+        "spec.backends[1].executionProvider",
+        "needs an execution provider",
+    ),
+    (
+        "bf16-tensorrt",
+        "spec.backends.2.precision",
+        "bf16",
+        "spec.backends[2].precision",
+        "not bf16",
+    ),
+    (
+        "batch-over-max",
+        "spec.backends.0.maxBatchSize",
+        8,
+        "spec.backends[0].maxBatchSize",
+        "below the swept batch sizes [16, 32]",
+    ),
+    (
+        "unknown-reference",
+        "spec.parity.reference",
+        "pytorh",
+        "spec.parity.reference",
+        "not a backend",
+    ),
+    (
+        "gpu-pool-without-selector",
+        "spec.nodePools.0.nodeSelector",
+        {},
+        "spec.nodePools[0].nodeSelector",
+        "needs a nodeSelector",
+    ),
+    (
+        "cosine-above-one",
+        "spec.parity.minCosine",
+        1.5,
+        "spec.parity.minCosine",
+        "less than or equal to 1",
+    ),
+    ("bad-cleanup", "spec.cleanup.policy", "Sometimes", "spec.cleanup.policy", "'OnSuccess'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "reported_at", "message"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_bad_suite_is_reported_at_its_field(
+    path: str, value: Any, reported_at: str, message: str
+) -> None:
+    with pytest.raises(validation.SuiteInvalid) as raised:
+        validation.parse_suite(with_change(path, value))
+    problems = {p.path: p.message for p in raised.value.problems}
+    assert reported_at in problems, problems
+    assert message in problems[reported_at]
+
+
+def test_typo_gets_did_you_mean_hint() -> None:
+    with pytest.raises(validation.SuiteInvalid) as raised:
+        validation.parse_suite(with_change("spec.nodePools.0.nodeSelectr", {"a": "b"}))
+    hint = next(p.hint for p in raised.value.problems if p.path.endswith("nodeSelectr"))
+    assert "did you mean 'nodeSelector'" in hint
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    document = with_change("spec.backends.0.kind", "tensorflow")
+    document["spec"]["nodePools"][0]["costPerHour"] = -3
+    with pytest.raises(validation.SuiteInvalid) as raised:
+        validation.parse_suite(document)
+    paths = {p.path for p in raised.value.problems}
+    assert {"spec.backends[0].kind", "spec.nodePools[0].costPerHour"} <= paths
+
+
+def test_defaults_fill_in_scenarios_parity_and_cleanup() -> None:
+    document = good_suite()
+    del document["spec"]["scenarios"], document["spec"]["parity"], document["spec"]["cleanup"]
+    suite = validation.parse_suite(document)
+    assert suite.spec.scenarios.single is not None
+    assert suite.spec.scenarios.single.requests == 200
+    assert suite.spec.parity.min_cosine == 0.999
+    assert suite.spec.cleanup.policy.value == "OnSuccess"
+
+
+def test_cli_validate_bad_file_exits_2_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(with_change("spec.backends.0.kind", "tensorflow")))
+    assert cli.main(["validate", str(bad)]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "spec.backends[0].kind" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [("spec: [unclosed", "line 1"), ("- just\n- a list\n", "(document)"), ("", "(file)")],
+    ids=["broken-yaml", "not-a-mapping", "empty-file"],
+)
+def test_cli_validate_unreadable_documents(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, where: str
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    assert cli.main(["validate", str(bad)]) == cli.EXIT_BAD_INPUT
+    assert where in capsys.readouterr().err
+
+
+def test_cli_validate_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["validate", "/nonexistent/suite.yaml"]) == cli.EXIT_BAD_INPUT
+    assert "cannot read" in capsys.readouterr().err
