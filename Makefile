@@ -26,7 +26,10 @@ demo: $(STAMP) ## Run the CPU-mock bake-off locally: prints the verdict, writes 
 	$(BIN)/bakeoff run $(SUITE) --local
 
 .PHONY: test
-test: $(STAMP) ## Install, then run every test tier (unit, protocol, local)
+test: $(STAMP) ## Install, lint, typecheck, then run every test tier (unit, protocol, local)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy operator/bakeoff bench-jobs/bakeoff_bench images/serve/bakeoff_serve
 	$(BIN)/pytest tests/unit tests/protocol tests/local $(PYTEST_FLAGS)
 
 .PHONY: test-unit

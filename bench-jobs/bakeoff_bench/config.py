@@ -13,7 +13,9 @@ from bakeoff_bench.models import StrictModel
 class Target(StrictModel):
     """Where the backend under test answers."""
 
-    http_url: str = Field(description="Base URL of the OIP HTTP endpoint, e.g. http://127.0.0.1:8000")
+    http_url: str = Field(
+        description="Base URL of the OIP HTTP endpoint, e.g. http://127.0.0.1:8000"
+    )
     metrics_url: str | None = Field(
         default=None, description="Prometheus text endpoint with Triton's nv_inference_* names"
     )

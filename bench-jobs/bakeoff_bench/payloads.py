@@ -64,7 +64,7 @@ def seeded_images(seed: int, shape: Sequence[int]) -> npt.NDArray[np.float32]:
 
 
 def batched_shape(metadata_shape: Sequence[int], batch_size: int) -> list[int]:
-    """The request shape for `batch_size` images, from a model-metadata shape like [-1, 3, 224, 224].
+    """The shape of `batch_size` images, from a metadata shape like [-1, 3, 224, 224].
 
     Only the leading (batch) dimension may be dynamic: any other -1 would leave us guessing
     the image size, and a guess would send different tensors to different backends.
@@ -107,9 +107,7 @@ def encode_binary_infer_request(
     return header + raw, headers
 
 
-def build_payload(
-    input_name: str, output_name: str, images: npt.NDArray[np.float32]
-) -> Payload:
+def build_payload(input_name: str, output_name: str, images: npt.NDArray[np.float32]) -> Payload:
     body, headers = encode_binary_infer_request(input_name, images, output_name)
     return Payload(body=body, headers=headers, batch_size=int(images.shape[0]))
 

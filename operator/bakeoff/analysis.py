@@ -200,12 +200,14 @@ def analyze(
                 parity_checks.append(parity)
         rows.append(_row(result, pools[result.pool], parity))
     for backend, pool, reason in failures:
+        # The table shows the first line; the whole reason is in the outcome and the log.
+        first_line = reason.strip().splitlines()[0] if reason.strip() else "no reason given"
         rows.append(
             VerdictRow(
                 backend=backend,
                 pool=pool,
                 ok=False,
-                status=f"failed: {reason}",
+                status=f"failed: {first_line[:100]}",
                 cost_per_hour=pools[pool].cost_per_hour if pool in pools else 0,
             )
         )

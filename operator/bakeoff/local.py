@@ -125,16 +125,21 @@ def backend_command(
         )
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
     else:
-        from bakeoff_serve import onnx_export, triton_repo  # heavy: only when Triton is used
+        # Imported here: they pull in torch and onnx, which the PyTorch path loads elsewhere.
+        from bakeoff_serve import onnx_export, triton_repo, tritonserver
 
         assert backend.execution_provider is not None  # validation.check_suite guarantees it
         config = BUILTIN_MODELS[builtin]
         onnx_path = onnx_export.prepare_onnx(
-            builtin, weights, spec.model.seed, cache_dir or onnx_export.default_cache_dir()
+            builtin,
+            weights,
+            spec.model.seed,
+            (cache_dir or tritonserver.default_cache_dir()) / "onnx",
         )
         batching = backend.dynamic_batching or api.DynamicBatching()
-        repo = triton_repo.write_python_backend_repository(
-            work_dir / "model-repository",
+        repo = work_dir / "model-repository"
+        triton_repo.write_python_backend_repository(
+            repo,
             spec.model.name,
             onnx_path,
             max_batch_size=backend.max_batch_size,
@@ -143,6 +148,9 @@ def backend_command(
             embed_dim=config.embed_dim,
             preferred_batch_sizes=list(batching.preferred_batch_sizes),
             max_queue_delay_us=batching.max_queue_delay_microseconds,
+            # check_suite allows triton-onnx only fp32, or fp16 with TensorRT.
+            precision="fp16" if backend.precision is api.Precision.FP16 else "fp32",
+            warmup_batch_sizes=plan.warmup_batch_sizes(spec, backend),
         )
         metrics_port = process.free_port()
         command = launch.triton_server_command(repo, http_port, grpc_port, metrics_port)

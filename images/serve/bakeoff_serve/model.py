@@ -67,11 +67,15 @@ class ResidualAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.ln_1(x)
         x = x + self.attn(y, y, y, need_weights=False)[0]
-        return x + self.mlp(self.ln_2(x))
+        out: torch.Tensor = x + self.mlp(self.ln_2(x))
+        return out
 
 
 class ClipVisionTower(nn.Module):
     """ViT image encoder with CLIP's layout: class token, pre/post LayerNorm, projection."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, config: ClipVisionConfig) -> None:
         super().__init__()

@@ -312,7 +312,8 @@ def _raw_inputs(request: Mapping[str, Any], binary: bytes, has_length: bool) -> 
         if size is not None:
             if not has_length:
                 raise OipError(
-                    400, f"input '{name}' has binary_data_size but the request has no "
+                    400,
+                    f"input '{name}' has binary_data_size but the request has no "
                     f"{HEADER_LENGTH} header",
                 )
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,12 +43,23 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def _log_tail(log_path: Path, lines: int = 30) -> str:
+_ERROR_LINE = re.compile(r"^E\d{4} |error|exception|traceback|failed", re.IGNORECASE)
+
+
+def log_excerpt(log_path: Path, errors: int = 8, tail: int = 8) -> str:
+    """The log lines that say why a server died: its error lines first, then its last lines.
+
+    tritonserver prints the reason (e.g. a missing execution provider) early and dozens of
+    shutdown lines after it, so the tail alone would hide it.
+    """
     try:
-        text = log_path.read_text(errors="replace")
+        lines = log_path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
+    flagged = [line for line in lines if _ERROR_LINE.search(line)][:errors]
+    last = [line for line in lines[-tail:] if line not in flagged]
+    shown = [*flagged, "...", *last] if flagged and last else flagged or last
+    return "\n".join(line[:400] for line in shown)
 
 
 def _is_ready(url: str) -> bool:
@@ -105,12 +117,12 @@ def running_server(
             if process.poll() is not None:
                 raise ServerStartError(
                     f"{command.argv[0]} exited with code {process.returncode} before it was "
-                    f"ready; last lines of {log_path}:\n{_log_tail(log_path)}"
+                    f"ready; from {log_path}:\n{log_excerpt(log_path)}"
                 )
             if time.monotonic() > deadline:
                 raise ServerStartError(
                     f"{command.argv[0]} was not ready at {command.ready_url} after "
-                    f"{ready_timeout_s:.0f} s; last lines of {log_path}:\n{_log_tail(log_path)}"
+                    f"{ready_timeout_s:.0f} s; from {log_path}:\n{log_excerpt(log_path)}"
                 )
             time.sleep(0.2)
         yield RunningServer(process, log_path, time.monotonic() - started)

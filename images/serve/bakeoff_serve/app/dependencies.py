@@ -1,0 +1,65 @@
+"""What the routers need: the server state (through dependency injection) and responses.
+
+`app.main`'s lifespan builds one `ServerState` and stores it on `app.state`; routers ask for
+it with `StateDep`. Tests can swap it through `app.dependency_overrides[get_state]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Depends, Request, Response
+
+from bakeoff_serve import engine, oip, server_metrics
+from bakeoff_serve.app.settings import Settings
+
+SERVER_NAME = "bakeoff-pytorch"
+# Only what this server implements; tritonclient reads this list to pick code paths.
+EXTENSIONS = ("binary_tensor_data", "model_configuration")
+
+
+@dataclass(frozen=True)
+class ServerState:
+    settings: Settings
+    signature: oip.ModelSignature
+    engine: engine.InferenceEngine
+    metrics: server_metrics.ServerMetrics
+    version: str  # the bakeoff package version, reported as the server version
+
+    def model_config(self) -> dict[str, Any]:
+        """Triton-style config, with what runs the model and where its weights came from.
+
+        Shared by HTTP (as JSON) and gRPC (parsed into model_config_pb2.ModelConfig).
+        """
+        provenance = self.engine.provenance
+        parameters = {
+            "runtime": self.engine.runtime(),
+            "model_provenance": provenance.describe() if provenance else "not loaded",
+        }
+        kind = "KIND_GPU" if self.engine.device.type == "cuda" else "KIND_CPU"
+        return oip.model_config(self.signature, kind, parameters)
+
+    def require_ready(self) -> None:
+        """503 (gRPC UNAVAILABLE) until the model is loaded and warm."""
+        if not self.engine.ready:
+            raise oip.OipError(503, f"model '{self.signature.name}' is loading and warming up")
+
+
+def get_state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.bakeoff
+    return state
+
+
+StateDep = Annotated[ServerState, Depends(get_state)]
+
+
+def json_response(content: object, status_code: int = 200) -> Response:
+    """orjson-encoded JSON (FastAPI's ORJSONResponse is deprecated)."""
+    return Response(orjson.dumps(content), status_code, media_type="application/json")
+
+
+def error_response(status_code: int, message: str) -> Response:
+    """KServe v2 error shape, which tritonclient reads: {"error": message}."""
+    return Response(oip.error_body(message), status_code, media_type="application/json")

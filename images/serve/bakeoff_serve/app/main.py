@@ -1,0 +1,157 @@
+"""The PyTorch OIP server: FastAPI app factory, lifespan, and the uvicorn runner.
+
+`bakeoff_serve.__main__` calls `serve(settings)`; tests may call `create_app(settings)`.
+The lifespan starts the gRPC server on the same event loop and begins loading the model in
+the background, so `/v2/health/live` answers at once and `/v2/health/ready` turns 200 only
+when the model is loaded and warm (time-to-ready is a reported cold-start number).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bakeoff_serve import engine, grpc_service, oip, server_metrics
+from bakeoff_serve.app.dependencies import ServerState, error_response
+from bakeoff_serve.app.routers import health, metrics, models
+from bakeoff_serve.app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FatalHandler = Callable[[BaseException], None]
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("bakeoff")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "0.0.0+unknown"
+
+
+async def _load_model(state: ServerState, on_fatal: FatalHandler | None) -> None:
+    settings = state.settings
+    try:
+        seconds = await state.engine.load(settings.warmup_batch_sizes)
+    except Exception as exc:
+        # A server that can never get ready must exit, not answer 503 until a probe gives up.
+        log.exception("loading model %s failed; the server will stop", settings.model_name)
+        if on_fatal is not None:
+            on_fatal(exc)
+        return
+    provenance = state.engine.provenance
+    log.info(
+        "model %s ready after %.1f s (%s; %s; warm for batch sizes %s)",
+        settings.model_name,
+        seconds,
+        state.engine.runtime(),
+        provenance.describe() if provenance else "?",
+        ",".join(str(b) for b in settings.warmup_batch_sizes),
+    )
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    # Every error leaves as KServe v2's {"error": message}, which tritonclient surfaces.
+    async def oip_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, oip.OipError)
+        return error_response(exc.status, exc.message)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return error_response(exc.status_code, str(exc.detail))
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        return error_response(400, f"invalid request: {exc}")
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        return error_response(500, f"internal server error: {type(exc).__name__}: {exc}")
+
+    app.add_exception_handler(oip.OipError, oip_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, internal_error)
+
+
+def create_app(settings: Settings, on_fatal: FatalHandler | None = None) -> FastAPI:
+    """The HTTP app; its lifespan also runs the gRPC server and loads the model.
+
+    `on_fatal` is called if the model cannot be loaded (`serve` uses it to exit non-zero).
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        signature = engine.build_signature(
+            settings.model_name, settings.builtin, settings.max_batch_size
+        )
+        model_engine = engine.InferenceEngine(
+            builtin=settings.builtin,
+            device=settings.device.value,
+            precision=settings.precision.value,
+            seed=settings.seed,
+            weights=settings.weights,
+        )
+        registry = server_metrics.ServerMetrics()
+        registry.register_model(signature.name, signature.version)
+        state = ServerState(settings, signature, model_engine, registry, package_version())
+        app.state.bakeoff = state
+        grpc_server = None
+        load_task: asyncio.Task[None] | None = None
+        try:
+            grpc_server = await grpc_service.start_server(state, settings.host, settings.grpc_port)
+            load_task = asyncio.create_task(_load_model(state, on_fatal))
+            yield
+        finally:
+            if load_task is not None:
+                load_task.cancel()
+            if grpc_server is not None:
+                await grpc_server.stop(grace=2.0)
+            # Waits for a running forward pass (or model load) to finish.
+            model_engine.close()
+
+    app = FastAPI(
+        title="bakeoff-pytorch",
+        version=package_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    _install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(metrics.router)
+    return app
+
+
+def serve(settings: Settings) -> int:
+    """Run HTTP and gRPC until SIGTERM/SIGINT; returns the process exit code."""
+    failures: list[BaseException] = []
+
+    def on_fatal(exc: BaseException) -> None:
+        failures.append(exc)
+        server.should_exit = True
+
+    config = uvicorn.Config(
+        create_app(settings, on_fatal),
+        host=settings.host,
+        port=settings.http_port,
+        # Plain asyncio: grpc.aio needs the loop uvicorn runs on, and uvloop is not a given.
+        loop="asyncio",
+        lifespan="on",
+        # Per-request access logs would cost CPU inside the measured window.
+        access_log=False,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if failures or not server.started:
+        return 1
+    return 0

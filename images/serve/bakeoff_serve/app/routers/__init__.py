@@ -1,0 +1,1 @@
+"""HTTP routers of the PyTorch OIP server, included by `bakeoff_serve.app.main.create_app`."""

@@ -1,0 +1,198 @@
+"""Export the reference model to ONNX, prove the export matches PyTorch, and cache it.
+
+Called by the Triton model-repository preparation (`triton_repo`, the local runner, the
+model-prep image): every Triton backend serves the file this module writes, and no file
+leaves here unless ONNX Runtime reproduces the PyTorch outputs on seeded inputs.
+
+The batch axis is dynamic on both the input and the output, so one file serves every batch
+size that Triton's dynamic batcher forms.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import torch
+
+from bakeoff_serve import model as model_lib
+
+DEFAULT_OPSET: Final = 17
+# Export is refused above this; fp32 ViT-B/32 in ORT vs PyTorch agrees to ~1e-6.
+MAX_ABS_ERROR: Final = 1e-4
+BATCH_AXIS: Final = "batch"
+
+
+class OnnxExportError(RuntimeError):
+    """The export failed, or its outputs disagree with PyTorch beyond the tolerance."""
+
+
+def _export_legacy(model: torch.nn.Module, path: Path, dummy: torch.Tensor, opset: int) -> None:
+    """The TorchScript exporter: 0.2 s for the tiny model, versus ~4 s for dynamo."""
+    with warnings.catch_warnings():
+        # It warns that it is deprecated on every call (we fall back to dynamo once it is
+        # gone), and the tracer warns about MultiheadAttention's shape checks, which are
+        # constants for this model; the ORT comparison below is the real check.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            input_names=[model_lib.INPUT_NAME],
+            output_names=[model_lib.OUTPUT_NAME],
+            dynamic_axes={
+                model_lib.INPUT_NAME: {0: BATCH_AXIS},
+                model_lib.OUTPUT_NAME: {0: BATCH_AXIS},
+            },
+            opset_version=opset,
+            dynamo=False,
+        )
+
+
+def _export_dynamo(model: torch.nn.Module, path: Path, dummy: torch.Tensor, opset: int) -> None:
+    """The torch.export-based exporter, used when the legacy one is unavailable."""
+    batch = torch.export.Dim(BATCH_AXIS, min=1, max=4096)
+    program = torch.onnx.export(
+        model,
+        # torch.export specialises a size-1 dimension to the constant 1, so trace with 2.
+        (dummy.expand(2, -1, -1, -1).contiguous(),),
+        input_names=[model_lib.INPUT_NAME],
+        output_names=[model_lib.OUTPUT_NAME],
+        dynamic_shapes=({0: batch},),
+        # dynamo emits opset 18 natively and cannot down-convert this graph to 17.
+        opset_version=max(opset, 18),
+        dynamo=True,
+        verbose=False,
+    )
+    if program is None:  # pragma: no cover - dynamo always returns a program
+        raise OnnxExportError("torch.onnx.export(dynamo=True) returned no program")
+    program.save(str(path))
+
+
+def _random_pixels(batch: int, image_size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.random((batch, 3, image_size, image_size), dtype=np.float32)
+
+
+def check_onnx_against_torch(
+    model: torch.nn.Module, path: Path, batch_sizes: Sequence[int] = (1, 3), seed: int = 0
+) -> float:
+    """Max absolute difference between ONNX Runtime (CPU) and PyTorch over seeded batches.
+
+    Several batch sizes, so a batch axis that was baked in as a constant fails here, not
+    under Triton's dynamic batcher.
+    """
+    import onnxruntime as ort  # heavy import, only needed for the check
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (onnx_input,) = session.get_inputs()
+    image_size = int(onnx_input.shape[-1])
+    worst = 0.0
+    for index, batch in enumerate(batch_sizes):
+        pixels = _random_pixels(batch, image_size, seed + index)
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(pixels)).numpy()
+        (got,) = session.run([model_lib.OUTPUT_NAME], {model_lib.INPUT_NAME: pixels})
+        if got.shape != expected.shape:
+            raise OnnxExportError(
+                f"{path}: ONNX output shape {got.shape} != PyTorch {expected.shape} "
+                f"for batch {batch}"
+            )
+        worst = max(worst, float(np.max(np.abs(got - expected))))
+    return worst
+
+
+def export_onnx(
+    model: torch.nn.Module, path: Path, image_size: int, opset: int = DEFAULT_OPSET
+) -> Path:
+    """Export `model` to `path` with a dynamic batch axis; refuse a file that disagrees."""
+    _export_checked(model, path, image_size, opset)
+    return path
+
+
+def _export_checked(model: torch.nn.Module, path: Path, image_size: int, opset: int) -> float:
+    """Export, then compare with PyTorch; returns the max abs error, raises above the limit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.rand(1, 3, image_size, image_size)
+    was_training = model.training
+    model.eval()
+    try:
+        # Autograd on: in eval mode with grad off, nn.MultiheadAttention takes its fused
+        # fast path (aten::_native_multi_head_attention), which has no ONNX symbolic.
+        with torch.enable_grad():
+            try:
+                _export_legacy(model, path, dummy, opset)
+            except Exception as legacy_error:
+                try:
+                    _export_dynamo(model, path, dummy, opset)
+                except Exception as dynamo_error:
+                    raise OnnxExportError(
+                        f"ONNX export failed with both exporters: legacy: {legacy_error}; "
+                        f"dynamo: {dynamo_error}"
+                    ) from dynamo_error
+        error = check_onnx_against_torch(model, path)
+    finally:
+        model.train(was_training)
+    if error > MAX_ABS_ERROR:
+        path.unlink(missing_ok=True)
+        raise OnnxExportError(
+            f"ONNX export of {type(model).__name__} disagrees with PyTorch: max abs error "
+            f"{error:.3g} > {MAX_ABS_ERROR:g}; the file was removed"
+        )
+    return error
+
+
+def export_cache_key(builtin: str, weights_sha256: str | None, seed: int, opset: int) -> str:
+    """Everything that changes the exported bytes: model, weights or seed, torch, opset."""
+    source = f"weights={weights_sha256}" if weights_sha256 else f"seed={seed}"
+    text = f"{builtin}|{source}|torch={torch.__version__}|opset={opset}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def prepare_onnx(
+    builtin: str,
+    weights: Path | None,
+    seed: int,
+    cache_dir: Path,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """The checked ONNX file for this model, exported once per cache key and then reused.
+
+    The file is written under a temporary name and renamed into place, so a concurrent or
+    interrupted export never leaves a half-written file that a later run would reuse.
+    """
+    weights_sha = hashlib.sha256(weights.read_bytes()).hexdigest() if weights else None
+    key = export_cache_key(builtin, weights_sha, seed, opset)
+    target = cache_dir / f"{builtin}-{key}.onnx"
+    sidecar = target.with_suffix(".json")
+    if target.is_file() and sidecar.is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    net, provenance = model_lib.build_model(builtin, weights, seed)
+    image_size = model_lib.BUILTIN_MODELS[builtin].image_size
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache_dir)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        error = _export_checked(net, tmp, image_size, opset)
+        os.replace(tmp, target)
+        record = {
+            "builtin": builtin,
+            "provenance": provenance.describe(),
+            "torch": torch.__version__,
+            "opset": opset,
+            "max_abs_error_vs_torch": error,
+        }
+        # The sidecar marks the export complete and says what the file is.
+        sidecar.write_text(json.dumps(record, indent=2) + "\n")
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target

@@ -1,0 +1,396 @@
+"""`run_bench` end to end against an in-test OIP server on loopback.
+
+The server speaks the binary tensor extension as Triton does and counts every request in
+Triton-named metrics, so the tests can check exactly what the load generator sent and that
+the server-side window covers the measured requests only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from aiohttp import web
+
+from bakeoff_bench import __main__ as cli
+from bakeoff_bench import client as oip
+from bakeoff_bench import payloads, runner
+from bakeoff_bench.config import BenchConfig
+from bakeoff_bench.results import CellResult, RequestError, ServerTimes
+
+MODEL = "clip"
+IMAGE_SHAPE = [3, 8, 8]  # small images keep the test fast; the protocol is the same
+MAX_BATCH = 8
+GPU_USED = (1_500_000_000, 250_000_000)
+# Per successful request the fake server adds these microseconds to its counters.
+US_PER_REQUEST = {"request": 1000, "queue": 100, "input": 50, "infer": 800, "output": 50}
+
+
+@dataclass
+class FakeOipServer:
+    """Just enough of Triton's HTTP API, with counters the tests can read directly."""
+
+    fail_every: int | None = None  # every n-th infer request answers 400
+    ready: bool = True
+    infer_calls: int = 0
+    success: int = 0
+    failure: int = 0
+    inferences: int = 0
+    bodies: dict[int, set[str]] = field(default_factory=dict)  # batch -> body digests
+    url: str = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v2", self.server_metadata)
+        app.router.add_get("/v2/health/ready", self.health_ready)
+        app.router.add_get(f"/v2/models/{MODEL}", self.model_metadata)
+        app.router.add_get(f"/v2/models/{MODEL}/config", self.model_config)
+        app.router.add_post(f"/v2/models/{MODEL}/infer", self.infer)
+        app.router.add_get("/metrics", self.metrics)
+        return app
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"name": "triton", "version": "2.51.0", "extensions": ["binary_tensor_data"]}
+        )
+
+    async def health_ready(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.ready else 503)
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "name": MODEL,
+                "versions": ["1"],
+                "platform": "python",
+                "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, *IMAGE_SHAPE]}],
+                "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 2]}],
+            }
+        )
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "name": MODEL,
+                "backend": "python",
+                "max_batch_size": MAX_BATCH,
+                "parameters": {
+                    "runtime": {"string_value": "onnxruntime 1.20 cpu fp32"},
+                    "model_provenance": {"string_value": "sha256:abc"},
+                },
+            }
+        )
+
+    def error(self, message: str) -> web.Response:
+        # Triton sends its error JSON as text/plain.
+        self.failure += 1
+        return web.Response(
+            status=400, text=json.dumps({"error": message}), content_type="text/plain"
+        )
+
+    async def infer(self, request: web.Request) -> web.Response:
+        self.infer_calls += 1
+        body = await request.read()
+        json_end = int(request.headers["Inference-Header-Content-Length"])
+        header = orjson.loads(body[:json_end])
+        tensor = header["inputs"][0]
+        shape = tensor["shape"]
+        size = tensor["parameters"]["binary_data_size"]
+        assert tensor["name"] == "images" and tensor["datatype"] == "FP32"
+        assert size == len(body) - json_end == int(np.prod(shape)) * 4
+        if self.fail_every and self.infer_calls % self.fail_every == 0:
+            return self.error("simulated failure")
+        if shape[0] > MAX_BATCH:
+            return self.error(f"batch size {shape[0]} exceeds {MAX_BATCH}")
+        self.bodies.setdefault(shape[0], set()).add(hashlib.sha256(body).hexdigest())
+        images = np.frombuffer(body[json_end:], dtype="<f4").reshape(shape[0], -1)
+        # The embedding is (mean, first value) per image: parity rows can be checked exactly.
+        embedding = np.stack([images.mean(axis=1), images[:, 0]], axis=1).astype("<f4")
+        self.success += 1
+        self.inferences += shape[0]
+        out_header = orjson.dumps(
+            {
+                "model_name": MODEL,
+                "model_version": "1",
+                "outputs": [
+                    {
+                        "name": "embedding",
+                        "datatype": "FP32",
+                        "shape": list(embedding.shape),
+                        "parameters": {"binary_data_size": embedding.nbytes},
+                    }
+                ],
+            }
+        )
+        return web.Response(
+            body=out_header + embedding.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(out_header))},
+            content_type="application/octet-stream",
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        def counter(name: str, help_text: str, value: int) -> str:
+            return (
+                f"# HELP {name} {help_text}\n# TYPE {name} counter\n"
+                f'{name}{{model="{MODEL}",version="1"}} {value}\n'
+            )
+
+        n = self.success
+        text = "".join(
+            [
+                counter("nv_inference_request_success", "Number of successful inference requests, all batch sizes", n),  # noqa: E501
+                counter("nv_inference_request_failure", "Number of failed inference requests, all batch sizes", self.failure),  # noqa: E501
+                counter("nv_inference_count", "Number of inferences performed (does not include cached requests)", self.inferences),  # noqa: E501
+                counter("nv_inference_exec_count", "Number of model executions performed (does not include cached requests)", n),  # noqa: E501
+                counter("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds (includes cached requests)", n * US_PER_REQUEST["request"]),  # noqa: E501
+                counter("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds (includes cached requests)", n * US_PER_REQUEST["queue"]),  # noqa: E501
+                counter("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds (does not include cached requests)", n * US_PER_REQUEST["input"]),  # noqa: E501
+                counter("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds (does not include cached requests)", n * US_PER_REQUEST["infer"]),  # noqa: E501
+                counter("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds (does not include cached requests)", n * US_PER_REQUEST["output"]),  # noqa: E501
+                "# HELP nv_gpu_memory_used_bytes GPU used memory, in bytes\n",
+                "# TYPE nv_gpu_memory_used_bytes gauge\n",
+                f'nv_gpu_memory_used_bytes{{gpu_uuid="GPU-0"}} {GPU_USED[0]}\n',
+                f'nv_gpu_memory_used_bytes{{gpu_uuid="GPU-1"}} {GPU_USED[1]}\n',
+            ]
+        )  # fmt: skip
+        return web.Response(text=text, content_type="text/plain")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeOipServer]:
+    fake = FakeOipServer()
+    app_runner = web.AppRunner(fake.app(), access_log=None)
+    await app_runner.setup()
+    site = web.TCPSite(app_runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = app_runner.addresses[0][:2]
+    fake.url = f"http://{host}:{port}"
+    yield fake
+    await app_runner.cleanup()
+
+
+def make_config(url: str, **overrides: Any) -> BenchConfig:
+    data: dict[str, Any] = {
+        "suite": "s",
+        "backend": "fake",
+        "pool": "loopback",
+        "target": {"httpUrl": url, "metricsUrl": f"{url}/metrics", "modelName": MODEL},
+        "single": {"requests": 30, "warmup": 5},
+        "batchSweep": {"batchSizes": [1, 4], "requests": 12, "warmup": 3, "concurrency": 3},
+        "seed": 42,
+        "parityBatch": 3,
+        "requestTimeoutS": 10,
+        "readyTimeoutS": 5,
+    }
+    data.update(overrides)
+    return BenchConfig.model_validate(data)
+
+
+EXPECTED_SERVER_TIMES_MS = {
+    "request_ms": 1.0,
+    "queue_ms": 0.1,
+    "compute_input_ms": 0.05,
+    "compute_infer_ms": 0.8,
+    "compute_output_ms": 0.05,
+}
+
+
+async def test_end_to_end_counts_exactly_and_excludes_warmup(server: FakeOipServer) -> None:
+    messages: list[str] = []
+    result = await runner.run_bench(make_config(server.url), messages.append)
+
+    single = result.single
+    assert single is not None
+    assert (single.requests, single.failed, single.latency.count) == (30, 0, 30)
+    # The server served 35 single requests; only the 30 measured ones are in the window.
+    assert single.server == ServerTimes(
+        requests=30, inferences=30, executions=30, **EXPECTED_SERVER_TIMES_MS
+    )
+    assert [(s.batch_size, s.concurrency, s.requests) for s in result.batch_sweep] == [
+        (1, 3, 12),
+        (4, 3, 12),
+    ]
+    batch4 = result.batch_sweep[1]
+    assert batch4.server == ServerTimes(
+        requests=12, inferences=48, executions=12, **EXPECTED_SERVER_TIMES_MS
+    )
+    assert batch4.inferences_per_s == pytest.approx(batch4.requests_per_s * 4)
+    assert batch4.requests_per_s == pytest.approx(12 / batch4.duration_s)
+    # parity: one request of 3 images; then 35 single, 2 x (3 warm-up + 12 measured).
+    assert server.infer_calls == 1 + 35 + 2 * 15
+    assert server.success == server.infer_calls
+
+
+async def test_every_batch_size_gets_one_identical_seeded_body(server: FakeOipServer) -> None:
+    await runner.run_bench(make_config(server.url), lambda _: None)
+    assert sorted(server.bodies) == [1, 3, 4]  # 3 is the parity batch
+    assert all(len(digests) == 1 for digests in server.bodies.values())
+    images = payloads.seeded_images(42, [4, *IMAGE_SHAPE])
+    body, _ = payloads.encode_binary_infer_request("images", images, "embedding")
+    assert server.bodies[4] == {hashlib.sha256(body).hexdigest()}
+
+
+async def test_parity_outputs_come_from_the_offset_seed(server: FakeOipServer) -> None:
+    result = await runner.run_bench(make_config(server.url), lambda _: None)
+    images = payloads.seeded_images(42 + payloads.PARITY_SEED_OFFSET, [3, *IMAGE_SHAPE])
+    flat = images.reshape(3, -1)
+    expected = np.stack([flat.mean(axis=1), flat[:, 0]], axis=1).astype(np.float32)
+    assert result.parity_outputs is not None
+    assert np.array_equal(np.array(result.parity_outputs, dtype=np.float32), expected)
+
+
+async def test_parity_larger_than_max_batch_is_sent_in_chunks(server: FakeOipServer) -> None:
+    config = make_config(server.url, parityBatch=MAX_BATCH + 2, single=None, batchSweep=None)
+    result = await runner.run_bench(config, lambda _: None)
+    assert result.parity_outputs is not None
+    assert len(result.parity_outputs) == MAX_BATCH + 2
+    assert sorted(server.bodies) == [2, MAX_BATCH]
+
+
+async def test_result_records_server_memory_and_environment(server: FakeOipServer) -> None:
+    result = await runner.run_bench(make_config(server.url), lambda _: None)
+    assert result.server.name == "triton"
+    assert result.server.version == "2.51.0"
+    assert result.server.runtime == "onnxruntime 1.20 cpu fp32"
+    assert result.server.model_provenance == "sha256:abc"
+    assert result.server.model_platform == "python"
+    assert (result.memory_bytes, result.memory_kind) == (sum(GPU_USED), "gpu")
+    assert result.environment.client_cores >= 1
+    assert "numpy" in result.environment.packages
+    assert result.finished_at >= result.started_at
+    assert result.time_to_ready_s is None  # the caller, who started the server, sets it
+    assert CellResult.model_validate_json(result.model_dump_json(by_alias=True)) == result
+
+
+async def test_p99_with_fewer_than_100_samples_is_flagged(server: FakeOipServer) -> None:
+    result = await runner.run_bench(make_config(server.url), lambda _: None)
+    assert result.single is not None
+    assert result.single.latency.low_sample_percentiles == ["p99"]
+    assert any("p99 is based on 30 samples" in note for note in result.notes)
+    enough = make_config(server.url, single={"requests": 100, "warmup": 0}, batchSweep=None)
+    result = await runner.run_bench(enough, lambda _: None)
+    assert result.single is not None
+    assert result.single.latency.low_sample_percentiles == []
+    assert not any("p99" in note for note in result.notes)
+
+
+async def test_failed_requests_are_recorded_as_data(server: FakeOipServer) -> None:
+    server.fail_every = 3  # infer calls 3, 6, ..., 30 fail
+    config = make_config(
+        server.url, single={"requests": 30, "warmup": 0}, batchSweep=None, parityBatch=0
+    )
+    result = await runner.run_bench(config, lambda _: None)
+    single = result.single
+    assert single is not None
+    assert (single.requests, single.failed, single.latency.count) == (20, 10, 20)
+    assert single.errors == [
+        RequestError(error_type="HTTP 400", message="simulated failure", count=10)
+    ]
+    assert single.server is not None
+    assert single.server.requests == 20  # the server counts successes only
+    assert any("10 of 30 requests failed" in note for note in result.notes)
+
+
+async def test_progress_reports_each_scenario(server: FakeOipServer) -> None:
+    messages: list[str] = []
+    await runner.run_bench(make_config(server.url), messages.append)
+    summaries = [m for m in messages if " ok, " in m]
+    assert [s.split(":")[0] for s in summaries] == [
+        "single b=1 c=1",
+        "batch b=1 c=3",
+        "batch b=4 c=3",
+    ]
+    assert "server queue 0.10 ms" in summaries[0]
+
+
+async def test_without_metrics_url_there_are_no_server_times(server: FakeOipServer) -> None:
+    target = {"httpUrl": server.url, "modelName": MODEL}
+    result = await runner.run_bench(make_config(server.url, target=target), lambda _: None)
+    assert result.single is not None and result.single.server is None
+    assert result.memory_bytes is None and result.memory_kind is None
+    assert not any("server-side" in note or "metrics" in note for note in result.notes)
+
+
+async def test_batch_size_above_max_batch_is_rejected_before_sending(
+    server: FakeOipServer,
+) -> None:
+    config = make_config(
+        server.url, batchSweep={"batchSizes": [4, 16, 32], "requests": 5, "warmup": 0}
+    )
+    with pytest.raises(runner.BenchSetupError, match=r"\[16, 32\].*max_batch_size 8"):
+        await runner.run_bench(config, lambda _: None)
+    assert server.infer_calls == 0
+
+
+async def test_backend_that_never_gets_ready_fails_clearly(server: FakeOipServer) -> None:
+    server.ready = False
+    config = make_config(server.url, readyTimeoutS=0.6)
+    with pytest.raises(oip.BackendNotReadyError, match=r"not ready after 0\.6 s.*HTTP 503"):
+        await runner.run_bench(config, lambda _: None)
+
+
+# The CLI: run in a worker thread, because main() starts its own event loop with asyncio.run
+# while the fake server keeps answering on the test's loop.
+
+
+def _write(tmp_path: Path, name: str, data: object) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data) if name.endswith(".json") else str(data))
+    return path
+
+
+async def test_cli_writes_the_result(server: FakeOipServer, tmp_path: Path) -> None:
+    config = make_config(server.url, batchSweep=None).model_dump(by_alias=True, mode="json")
+    config_path = _write(tmp_path, "cfg.json", config)
+    out = tmp_path / "out" / "result.json"
+    code = await asyncio.to_thread(cli.main, ["--config", str(config_path), "--out", str(out)])
+    assert code == 0
+    result = CellResult.model_validate_json(out.read_text())
+    assert result.single is not None and result.single.requests == 30
+    assert "singleScenario" not in out.read_text() and '"parityOutputs"' in out.read_text()
+
+
+def test_cli_lists_every_field_error_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    yaml_text = (
+        "suite: s\nbackend: b\npool: p\n"
+        "target: {httpUrl: 'http://x'}\n"
+        "batchSweep: {batchSizes: [4, 4], requests: 0}\n"
+    )
+    path = _write(tmp_path, "cfg.yaml", yaml_text)
+    assert cli.main(["--config", str(path), "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "target.modelName: Field required" in err
+    assert "batchSweep.requests: Input should be greater than 0" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_exits_1_when_the_backend_is_not_ready(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as sock:  # a port that nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = make_config(f"http://127.0.0.1:{port}", readyTimeoutS=0.6)
+    path = _write(tmp_path, "cfg.json", config.model_dump(by_alias=True, mode="json"))
+    assert cli.main(["--config", str(path), "--out", str(tmp_path / "r.json")]) == 1
+    err = capsys.readouterr().err
+    assert f"http://127.0.0.1:{port}/v2/health/ready was not ready after 0.6 s" in err
+    assert "Traceback" not in err
+
+
+async def test_unknown_model_is_a_bench_error_quoting_the_server(server: FakeOipServer) -> None:
+    config = make_config(server.url, target={"httpUrl": server.url, "modelName": "absent"})
+    with pytest.raises(runner.BenchError, match=r"GET .*/v2/models/absent: HTTP 404"):
+        await runner.run_bench(config, lambda _: None)
