@@ -84,3 +84,14 @@ def pytorch_grpc_client(
     client = grpcclient.InferenceServerClient(pytorch_server.grpc_url)
     yield client
     client.close()
+
+
+# The tritonserver fixtures live in their own module; importing them here shares them with
+# every protocol test (and lets one test use both servers).
+from triton_fixtures import (  # noqa: E402, F401
+    TritonServer,
+    triton_cache_dir,
+    triton_install,
+    triton_onnx,
+    triton_server,
+)
