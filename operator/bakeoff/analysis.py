@@ -47,7 +47,10 @@ class VerdictRow(StrictModel):
     memory_kind: str | None = None
     cost_per_1k: float | None = None
     cost_per_hour: float = 0.0
-    parity_cosine: float | None = None
+    parity_cosine: float | None = Field(
+        default=None, description="Worst cosine vs the reference; None for the reference itself"
+    )
+    is_reference: bool = False
 
 
 class Verdict(StrictModel):
@@ -126,7 +129,9 @@ def best_throughput(result: CellResult) -> ScenarioResult | None:
     return max(candidates, key=lambda s: s.inferences_per_s, default=None)
 
 
-def _row(result: CellResult, pool: api.NodePool, parity: ParityCheck | None) -> VerdictRow:
+def _row(
+    result: CellResult, pool: api.NodePool, parity: ParityCheck | None, is_reference: bool
+) -> VerdictRow:
     single = result.single
     best = best_throughput(result)
     single_server = single.server if single is not None else None
@@ -152,7 +157,8 @@ def _row(result: CellResult, pool: api.NodePool, parity: ParityCheck | None) -> 
         memory_kind=result.memory_kind,
         cost_per_1k=cost_per_1k(pool.cost_per_hour, best.inferences_per_s) if best else None,
         cost_per_hour=pool.cost_per_hour,
-        parity_cosine=parity.min_cosine if parity else 1.0,
+        parity_cosine=parity.min_cosine if parity else None,
+        is_reference=is_reference,
     )
 
 
@@ -198,7 +204,8 @@ def analyze(
             else:
                 parity = check_parity(reference, result, spec.parity.min_cosine)
                 parity_checks.append(parity)
-        rows.append(_row(result, pools[result.pool], parity))
+        is_reference = result.backend == reference_name
+        rows.append(_row(result, pools[result.pool], parity, is_reference))
     for backend, pool, reason in failures:
         # The table shows the first line; the whole reason is in the outcome and the log.
         first_line = reason.strip().splitlines()[0] if reason.strip() else "no reason given"

@@ -64,7 +64,7 @@ def table_rows(verdict: Verdict) -> tuple[list[str], list[list[str]]]:
                 best,
                 f"{_mib(r.memory_bytes)} {r.memory_kind or ''}".strip(),
                 _num(r.cost_per_1k, ".4f"),
-                _num(r.parity_cosine, ".5f"),
+                "reference" if r.is_reference else _num(r.parity_cosine, ".5f"),
                 r.status,
             ]
         )

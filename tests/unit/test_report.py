@@ -48,3 +48,11 @@ def test_write_report_produces_markdown_html_and_plots(tmp_path: Path) -> None:
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2
     assert (tmp_path / "summary.json").exists()
+
+
+def test_reference_backend_is_marked_in_the_parity_column() -> None:
+    verdict, _ = verdict_and_results()
+    header, rows = report.table_rows(verdict)
+    parity = header.index("parity")
+    by_backend = {row[0]: row[parity] for row in rows}
+    assert by_backend == {"pytorch": "reference", "triton-onnx-cpu": "1.00000"}
