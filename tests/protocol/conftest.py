@@ -14,28 +14,14 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from endpoints import LoopbackServer
 
 from bakeoff_serve import launch, process
 
 
 @dataclass(frozen=True)
-class PytorchServer:
-    model_name: str
-    builtin: str
-    seed: int
-    max_batch_size: int
-    http_port: int
-    grpc_port: int
+class PytorchServer(LoopbackServer):
     log_path: Path
-
-    @property
-    def http_url(self) -> str:
-        """host:port, as tritonclient wants it."""
-        return f"127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from endpoints import LoopbackServer
 
 from bakeoff_serve import launch, model, onnx_export, process, triton_repo, tritonserver
 
@@ -37,28 +38,13 @@ TRITON_SEED = 0
 
 
 @dataclass(frozen=True)
-class TritonServer:
-    model_name: str
-    builtin: str
-    seed: int
-    max_batch_size: int
+class TritonServer(LoopbackServer):
     preferred_batch_sizes: tuple[int, ...]
     max_queue_delay_us: int
-    http_port: int
-    grpc_port: int
     metrics_port: int
     repo_dir: Path
     log_path: Path
     time_to_ready_s: float
-
-    @property
-    def http_url(self) -> str:
-        """host:port, as tritonclient wants it."""
-        return f"127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
