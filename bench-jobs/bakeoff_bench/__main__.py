@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bakeoff_bench import runner
+from pydantic import ValidationError
+
+from bakeoff_bench import publish, runner
+from bakeoff_bench.config import BenchConfig
 
 EXIT_OK, EXIT_BACKEND, EXIT_CONFIG = 0, 1, 2
 
@@ -23,15 +27,39 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m bakeoff_bench",
         description="Benchmark one OIP backend: latency, throughput, server-side times.",
     )
-    parser.add_argument("--config", type=Path, required=True, help="BenchConfig, JSON or YAML")
-    parser.add_argument("--out", type=Path, required=True, help="CellResult JSON ('-': stdout)")
-    return parser.parse_args(argv)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, help="BenchConfig file, JSON or YAML")
+    source.add_argument("--config-env", metavar="VAR", help="environment variable holding it")
+    parser.add_argument("--out", type=Path, help="CellResult JSON ('-': stdout)")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="write the result into the ConfigMap named by BAKEOFF_RESULT_CONFIGMAP (in a Job)",
+    )
+    args = parser.parse_args(argv)
+    if args.out is None and not args.publish:
+        parser.error("say where the result goes: --out FILE, --publish, or both")
+    return args
+
+
+def _read_config(args: argparse.Namespace) -> BenchConfig:
+    if args.config is not None:
+        return runner.read_config(args.config)
+    text = os.environ.get(args.config_env)
+    if not text:
+        raise runner.ConfigFileError(Path(f"${args.config_env}"), ["variable is unset or empty"])
+    try:
+        return BenchConfig.model_validate_json(text)
+    except ValidationError as exc:
+        raise runner.ConfigFileError(
+            Path(f"${args.config_env}"), runner.validation_problems(exc)
+        ) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
-        config = runner.read_config(args.config)
+        config = _read_config(args)
     except runner.ConfigFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -45,13 +73,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Not ready, unreachable or answering nonsense: the backend, not the config.
         print(f"error: backend: {exc}", file=sys.stderr)
         return EXIT_BACKEND
-    text = result.model_dump_json(by_alias=True, indent=2)
-    if str(args.out) == "-":
-        print(text)
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-        print(f"wrote {args.out}", file=sys.stderr)
+    if args.out is not None:
+        text = result.model_dump_json(by_alias=True, indent=2)
+        if str(args.out) == "-":
+            print(text)
+        else:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text + "\n")
+            print(f"wrote {args.out}", file=sys.stderr)
+    if args.publish:
+        try:
+            destination = publish.destination_from_env()
+            outcome = asyncio.run(
+                publish.publish(
+                    publish.in_cluster_access(), publish.result_configmap(result, destination)
+                )
+            )
+        except publish.PublishError as exc:
+            print(f"error: publishing the result: {exc}", file=sys.stderr)
+            return EXIT_BACKEND
+        print(f"{outcome} ConfigMap {destination.namespace}/{destination.name}", file=sys.stderr)
     return EXIT_OK
 
 

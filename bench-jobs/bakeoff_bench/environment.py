@@ -76,4 +76,7 @@ def collect_environment() -> Environment:
         client_cores=usable_cores(),
         python=platform.python_version(),
         packages=package_versions(),
+        # Set from the downward API in the benchmark Job: proves the client ran off the
+        # backend's node.
+        node=os.environ.get("BAKEOFF_NODE_NAME") or None,
     )

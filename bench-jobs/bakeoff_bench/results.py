@@ -92,6 +92,7 @@ class Environment(StrictModel):
     client_cores: int
     python: str
     packages: dict[str, str] = Field(default_factory=dict)
+    node: str | None = Field(default=None, description="Kubernetes node of the load generator")
 
 
 class CellResult(StrictModel):

@@ -68,8 +68,14 @@ class Verdict(StrictModel):
             cost_per_1k={
                 f"{r.backend}/{r.pool}": round(r.cost_per_1k, 6)
                 for r in self.rows
-                if r.cost_per_1k is not None
+                if r.cost_per_1k is not None and math.isfinite(r.cost_per_1k)
             },
+            parity={
+                f"{p.backend}/{p.pool}": round(p.min_cosine, 6)
+                for p in self.parity
+                if p.min_cosine is not None
+            },
+            excluded=[f"{r.backend}/{r.pool}: {r.status}" for r in self.rows if not r.ok],
         )
 
 

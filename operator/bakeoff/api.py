@@ -96,7 +96,9 @@ class DynamicBatching(StrictModel):
     max_queue_delay_microseconds: int = Field(
         default=0, ge=0, le=1_000_000, description="How long Triton waits to form a batch"
     )
-    preferred_batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(default_factory=list)
+    preferred_batch_sizes: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=list, max_length=32
+    )
 
 
 class Backend(StrictModel):
@@ -176,6 +178,18 @@ class Cleanup(StrictModel):
     policy: CleanupPolicy = CleanupPolicy.ON_SUCCESS
 
 
+class Timeouts(StrictModel):
+    ready_seconds: int = Field(
+        default=900,
+        gt=0,
+        le=86_400,
+        description="How long a backend may take to be ready and warm (TensorRT builds: long)",
+    )
+    run_seconds: int = Field(
+        default=3600, gt=0, le=604_800, description="How long one cell's benchmark Job may run"
+    )
+
+
 class BenchmarkSuiteSpec(StrictModel):
     model: ModelSpec
     backends: list[Backend] = Field(min_length=1, max_length=16)
@@ -183,6 +197,7 @@ class BenchmarkSuiteSpec(StrictModel):
     scenarios: Scenarios = Field(default_factory=Scenarios)
     parity: Parity = Field(default_factory=Parity)
     cleanup: Cleanup = Field(default_factory=Cleanup)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
 
 
 class ObjectMeta(BaseModel):
@@ -249,11 +264,19 @@ class Summary(StrictModel):
     cost_per_1k: dict[str, float] = Field(
         default_factory=dict, description="'backend/pool' -> cost per 1000 inferences"
     )
+    parity: dict[str, float] = Field(
+        default_factory=dict, description="'backend/pool' -> worst cosine vs the reference"
+    )
+    excluded: list[str] = Field(
+        default_factory=list, description="Cells that cannot win, with the reason"
+    )
 
 
 class SuiteStatus(StrictModel):
     phase: SuitePhase = SuitePhase.PENDING
     observed_generation: int | None = None
+    progress: str = Field(default="", description="Cells finished / cells, e.g. '3/6'")
+    winner: str = Field(default="", description="Latency winner, 'backend/pool' (printer column)")
     conditions: list[Condition] = Field(default_factory=list)
     cells: list[CellStatus] = Field(default_factory=list)
     summary: Summary | None = None

@@ -1,0 +1,74 @@
+"""Names and labels of everything the operator creates, in one place.
+
+Children get deterministic names so that a restarted operator, or a repeated event, finds
+what exists instead of creating a twin. Tests import these too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+MAX_NAME_LEN: Final = 63  # DNS-1123 label: Service names and label values cap at 63
+GROUP: Final = "bakeoff.dev"
+
+LABEL_SUITE: Final = f"{GROUP}/suite"
+LABEL_BACKEND: Final = f"{GROUP}/backend"
+LABEL_POOL: Final = f"{GROUP}/pool"
+LABEL_COMPONENT: Final = f"{GROUP}/component"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGER: Final = "bakeoff-operator"
+
+COMPONENT_BACKEND: Final = "backend"
+COMPONENT_BENCH: Final = "bench"
+COMPONENT_RESULT: Final = "result"
+
+RESULT_KEY: Final = "result.json"  # the key of the CellResult JSON in a result ConfigMap
+BENCH_SERVICE_ACCOUNT: Final = "bakeoff-bench"
+
+
+def bounded(name: str, limit: int = MAX_NAME_LEN) -> str:
+    """`name` if it fits, else a prefix plus a short hash: still unique, still deterministic."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+def cell_base(suite: str, backend: str, pool: str) -> str:
+    return f"{suite}-{backend}-{pool}"
+
+
+def backend_name(suite: str, backend: str, pool: str) -> str:
+    """The Deployment and the Service of one cell's backend."""
+    return bounded(cell_base(suite, backend, pool))
+
+
+def job_name(suite: str, backend: str, pool: str) -> str:
+    return bounded(f"{cell_base(suite, backend, pool)}-bench")
+
+
+def result_name(suite: str, backend: str, pool: str) -> str:
+    """The ConfigMap a benchmark Job writes its CellResult into."""
+    return bounded(f"{cell_base(suite, backend, pool)}-result")
+
+
+def cell_labels(suite: str, backend: str, pool: str, component: str) -> dict[str, str]:
+    return {
+        LABEL_MANAGED_BY: MANAGER,
+        LABEL_SUITE: bounded(suite),
+        LABEL_BACKEND: bounded(backend),
+        LABEL_POOL: bounded(pool),
+        LABEL_COMPONENT: component,
+    }
+
+
+def backend_selector(suite: str, backend: str, pool: str) -> dict[str, str]:
+    """Selects exactly the pods of one cell's backend (Deployment selector, anti-affinity)."""
+    labels = cell_labels(suite, backend, pool, COMPONENT_BACKEND)
+    return {k: labels[k] for k in (LABEL_SUITE, LABEL_BACKEND, LABEL_POOL, LABEL_COMPONENT)}
+
+
+def suite_selector(suite: str) -> str:
+    """Label selector (string form) for everything one suite created."""
+    return f"{LABEL_SUITE}={bounded(suite)},{LABEL_MANAGED_BY}={MANAGER}"

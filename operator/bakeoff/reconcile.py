@@ -1,0 +1,439 @@
+"""The reconcile planner: a suite and what exists in the cluster in, what to do out.
+
+Pure: no kopf, no Kubernetes client, no clock (time comes from `now`). Every decision can be
+re-made from the cluster's state and the suite's status alone, so a restarted operator picks
+up where the last one stopped, and a repeated event never creates a twin (names are
+deterministic and creates are create-if-absent).
+
+Cells of one pool run one at a time (deploy, wait until warm, benchmark, clean up), so two
+backends never share a pool's nodes while either is measured; pools run in parallel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from bakeoff import analysis, api, manifests, naming, plan
+from bakeoff.settings import OperatorSettings
+from bakeoff_bench.results import CellResult
+
+TERMINAL = (api.CellPhase.SUCCEEDED, api.CellPhase.FAILED)
+PHASE_ORDER = [
+    api.SuitePhase.PENDING,
+    api.SuitePhase.DEPLOYING,
+    api.SuitePhase.BENCHMARKING,
+    api.SuitePhase.ANALYZING,
+    api.SuitePhase.SUCCEEDED,
+    api.SuitePhase.FAILED,
+]
+
+
+@dataclass(frozen=True)
+class PodObservation:
+    name: str
+    node: str | None
+    phase: str
+    ready: bool
+    unschedulable: str = ""  # the scheduler's message while PodScheduled is False
+    waiting_reason: str = ""  # e.g. CrashLoopBackOff, ImagePullBackOff
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
+class DeploymentObservation:
+    name: str
+    created_at: datetime
+    ready_replicas: int
+    pods: tuple[PodObservation, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    name: str
+    created_at: datetime
+    succeeded: bool = False
+    failed_message: str = ""  # the Job's Failed condition, "" while not failed
+    finished_at: datetime | None = None
+    nodes: tuple[str, ...] = ()  # where its pods ran
+
+
+@dataclass(frozen=True)
+class ResultObservation:
+    name: str
+    result: CellResult | None
+    error: str = ""  # why the ConfigMap could not be read as a CellResult
+
+
+@dataclass(frozen=True)
+class Observed:
+    deployments: Mapping[str, DeploymentObservation] = field(default_factory=dict)
+    services: frozenset[str] = frozenset()
+    jobs: Mapping[str, JobObservation] = field(default_factory=dict)
+    results: Mapping[str, ResultObservation] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    creates: list[manifests.Manifest] = field(default_factory=list)
+    deletes: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
+    events: list[Event] = field(default_factory=list)
+    status: api.SuiteStatus = field(default_factory=api.SuiteStatus)
+    requeue: bool = True  # False once the suite is finished and cleaned up
+
+
+@dataclass
+class _CellDecision:
+    status: api.CellStatus
+    creates: list[manifests.Manifest] = field(default_factory=list)
+    deletes: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _names(suite: api.BenchmarkSuite, cell: plan.Cell) -> tuple[str, str, str]:
+    return suite.metadata.name, cell.backend.name, cell.pool.name
+
+
+def _seconds(later: datetime, earlier: datetime) -> float:
+    return (later - earlier).total_seconds()
+
+
+def _backend_node(deployment: DeploymentObservation | None) -> str | None:
+    if deployment is None:
+        return None
+    nodes = [p.node for p in deployment.pods if p.node]
+    return nodes[0] if nodes else None
+
+
+def explain_not_ready(deployment: DeploymentObservation, pool: api.NodePool) -> str:
+    """Why a backend is not ready, in the words a platform engineer needs."""
+    for pod in deployment.pods:
+        if pod.unschedulable:
+            return f"no node of pool '{pool.name}' can take the backend: {pod.unschedulable}"
+        if pod.waiting_reason:
+            return f"backend container is {pod.waiting_reason} ({pod.restarts} restarts)"
+    if not deployment.pods:
+        return "no backend pod exists yet"
+    return "backend is running but not ready (warming up or failing its readiness probe)"
+
+
+def _cleanup(
+    suite: api.BenchmarkSuite, cell: plan.Cell, phase: api.CellPhase, observed: Observed
+) -> list[tuple[str, str]]:
+    """Delete a finished cell's backend and Job per the cleanup policy (results stay)."""
+    policy = suite.spec.cleanup.policy
+    if policy is api.CleanupPolicy.NEVER or (
+        policy is api.CleanupPolicy.ON_SUCCESS and phase is not api.CellPhase.SUCCEEDED
+    ):
+        return []
+    names = _names(suite, cell)
+    deletes = []
+    if naming.backend_name(*names) in observed.deployments:
+        deletes.append(("Deployment", naming.backend_name(*names)))
+    if naming.backend_name(*names) in observed.services:
+        deletes.append(("Service", naming.backend_name(*names)))
+    if naming.job_name(*names) in observed.jobs:
+        deletes.append(("Job", naming.job_name(*names)))
+    return deletes
+
+
+def plan_cell(
+    suite: api.BenchmarkSuite,
+    uid: str,
+    cell: plan.Cell,
+    previous: api.CellStatus | None,
+    observed: Observed,
+    may_start: bool,
+    now: datetime,
+    settings: OperatorSettings,
+) -> _CellDecision:
+    names = _names(suite, cell)
+    timeouts = suite.spec.timeouts
+    deployment = observed.deployments.get(naming.backend_name(*names))
+    job = observed.jobs.get(naming.job_name(*names))
+    result = observed.results.get(naming.result_name(*names))
+    base = api.CellStatus(backend=cell.backend.name, pool=cell.pool.name)
+    if previous is not None:
+        base = previous.model_copy()
+
+    def decide(phase: api.CellPhase, message: str, **changes: object) -> _CellDecision:
+        status = base.model_copy(update={"phase": phase, "message": message, **changes})
+        decision = _CellDecision(status)
+        if phase in TERMINAL:
+            decision.deletes = _cleanup(suite, cell, phase, observed)
+        return decision
+
+    if previous is not None and previous.phase in TERMINAL:
+        # Terminal is final: a restart or a late event never reopens a cell.
+        return decide(previous.phase, previous.message)
+    node = _backend_node(deployment) or base.node
+    if result is not None:
+        if result.result is None:
+            return decide(
+                api.CellPhase.FAILED,
+                f"result ConfigMap {result.name} is malformed: {result.error}",
+                node=node,
+            )
+        return decide(
+            api.CellPhase.SUCCEEDED, "measured", node=node, result_ref=f"configmap/{result.name}"
+        )
+    if job is not None:
+        if job.failed_message:
+            return decide(
+                api.CellPhase.FAILED, f"benchmark Job failed: {job.failed_message}", node=node
+            )
+        if job.succeeded:
+            finished = job.finished_at or job.created_at
+            if _seconds(now, finished) > settings.result_grace_s:
+                return decide(
+                    api.CellPhase.FAILED,
+                    f"benchmark Job {job.name} finished but published no result "
+                    f"within {settings.result_grace_s:.0f} s",
+                    node=node,
+                )
+            return decide(api.CellPhase.BENCHMARKING, "waiting for the result", node=node)
+        if _seconds(now, job.created_at) > timeouts.run_seconds + settings.result_grace_s:
+            return decide(
+                api.CellPhase.FAILED,
+                f"benchmark did not finish within runSeconds={timeouts.run_seconds}",
+                node=node,
+            )
+        return decide(api.CellPhase.BENCHMARKING, f"benchmark Job {job.name} running", node=node)
+    if deployment is not None:
+        ready = deployment.ready_replicas > 0 and any(p.ready for p in deployment.pods)
+        if ready:
+            decision = decide(
+                api.CellPhase.BENCHMARKING, f"backend ready on {node}; benchmark started",
+                node=node,
+            )  # fmt: skip
+            namespace = suite.metadata.namespace or "default"
+            decision.creates += manifests.build_bench_rbac(namespace)
+            decision.creates.append(manifests.build_bench_job(suite, uid, cell, settings))
+            return decision
+        waited = _seconds(now, deployment.created_at)
+        reason = explain_not_ready(deployment, cell.pool)
+        if waited > timeouts.ready_seconds:
+            return decide(
+                api.CellPhase.FAILED,
+                f"backend not ready after readySeconds={timeouts.ready_seconds}: {reason}",
+                node=node,
+            )
+        return decide(api.CellPhase.DEPLOYING, reason, node=node)
+    if not may_start:
+        return decide(api.CellPhase.PENDING, f"waiting for pool '{cell.pool.name}' to be free")
+    decision = decide(api.CellPhase.DEPLOYING, f"deploying the backend on pool '{cell.pool.name}'")
+    decision.creates += [
+        manifests.build_backend_deployment(suite, uid, cell, settings),
+        manifests.build_backend_service(suite, uid, cell),
+    ]
+    return decision
+
+
+def _condition(
+    previous: Sequence[api.Condition],
+    type_: str,
+    status: Literal["True", "False", "Unknown"],
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int | None,
+) -> api.Condition:
+    """metav1.Condition semantics: lastTransitionTime moves only when status changes."""
+    old = next((c for c in previous if c.type == type_), None)
+    moved = old is None or old.status != status
+    return api.Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=now if moved or old is None else old.last_transition_time,
+        observed_generation=generation,
+    )
+
+
+def _later(a: api.SuitePhase, b: api.SuitePhase) -> api.SuitePhase:
+    return a if PHASE_ORDER.index(a) >= PHASE_ORDER.index(b) else b
+
+
+def _results(observed: Observed, suite: api.BenchmarkSuite) -> list[CellResult]:
+    found = []
+    for cell in plan.plan_cells(suite.spec):
+        observation = observed.results.get(naming.result_name(*_names(suite, cell)))
+        if observation is not None and observation.result is not None:
+            found.append(observation.result)
+    return found
+
+
+def plan_suite(
+    suite: api.BenchmarkSuite,
+    uid: str,
+    observed: Observed,
+    now: datetime,
+    settings: OperatorSettings,
+) -> Plan:
+    """One reconcile step for a valid suite (validation happens before, in the handler)."""
+    previous = suite.status or api.SuiteStatus()
+    generation = suite.metadata.generation
+    previous_cells = {(c.backend, c.pool): c for c in previous.cells}
+    cells = plan.plan_cells(suite.spec)
+    out = Plan()
+    busy_pools: set[str] = set()
+    decisions: list[_CellDecision] = []
+    for cell in cells:
+        before = previous_cells.get((cell.backend.name, cell.pool.name))
+        decision = plan_cell(
+            suite, uid, cell, before, observed, cell.pool.name not in busy_pools, now, settings
+        )
+        if decision.status.phase in (api.CellPhase.DEPLOYING, api.CellPhase.BENCHMARKING):
+            busy_pools.add(cell.pool.name)
+        decisions.append(decision)
+        out.creates += decision.creates
+        out.deletes += decision.deletes
+        old_phase = before.phase if before else None
+        if decision.status.phase != old_phase:
+            out.events.append(_cell_event(decision.status))
+    statuses = [d.status for d in decisions]
+    done = [s for s in statuses if s.phase in TERMINAL]
+    failed = [s for s in statuses if s.phase is api.CellPhase.FAILED]
+    phase = _later(previous.phase, _running_phase(statuses))
+    summary = previous.summary
+    winner = previous.winner
+    if len(done) == len(statuses):
+        if PHASE_ORDER.index(previous.phase) < PHASE_ORDER.index(api.SuitePhase.ANALYZING):
+            phase = api.SuitePhase.ANALYZING  # shown for one step; the next step concludes
+            out.events.append(Event("Normal", "Analyzing", "all cells finished; analyzing"))
+        elif previous.phase is api.SuitePhase.ANALYZING:
+            failures = [(s.backend, s.pool, s.message) for s in failed]
+            verdict = analysis.analyze(suite, _results(observed, suite), failures)
+            summary = verdict.summary()
+            latency = verdict.winners.get("latency")
+            winner = f"{latency.backend}/{latency.pool}" if latency else ""
+            phase = api.SuitePhase.FAILED if failed else api.SuitePhase.SUCCEEDED
+            out.events.append(_final_event(phase, verdict, failed))
+    conditions = _conditions(previous.conditions, statuses, summary, now, generation, suite)
+    out.status = api.SuiteStatus(
+        phase=phase,
+        observed_generation=generation,
+        progress=f"{len(done)}/{len(statuses)}",
+        winner=winner,
+        conditions=conditions,
+        cells=statuses,
+        summary=summary,
+    )
+    out.requeue = phase not in (api.SuitePhase.SUCCEEDED, api.SuitePhase.FAILED) or bool(
+        out.deletes
+    )
+    return out
+
+
+def _running_phase(statuses: Sequence[api.CellStatus]) -> api.SuitePhase:
+    phases = {s.phase for s in statuses}
+    if phases & {api.CellPhase.BENCHMARKING, *TERMINAL}:
+        return api.SuitePhase.BENCHMARKING
+    if api.CellPhase.DEPLOYING in phases:
+        return api.SuitePhase.DEPLOYING
+    return api.SuitePhase.PENDING
+
+
+def _cell_event(status: api.CellStatus) -> Event:
+    kind: Literal["Normal", "Warning"] = (
+        "Warning" if status.phase is api.CellPhase.FAILED else "Normal"
+    )
+    return Event(
+        kind,
+        f"Cell{status.phase.value}",
+        f"{status.backend}/{status.pool}: {status.message}",
+    )
+
+
+def _final_event(
+    phase: api.SuitePhase, verdict: analysis.Verdict, failed: Sequence[api.CellStatus]
+) -> Event:
+    latency = verdict.winners.get("latency")
+    won = f"latency winner {latency.backend}/{latency.pool}" if latency else "no winner"
+    if phase is api.SuitePhase.SUCCEEDED:
+        return Event("Normal", "Succeeded", f"all cells measured; {won}")
+    names = ", ".join(f"{s.backend}/{s.pool}" for s in failed)
+    return Event("Warning", "Failed", f"{len(failed)} cell(s) failed ({names}); {won}")
+
+
+def _conditions(
+    previous: Sequence[api.Condition],
+    statuses: Sequence[api.CellStatus],
+    summary: api.Summary | None,
+    now: datetime,
+    generation: int | None,
+    suite: api.BenchmarkSuite,
+) -> list[api.Condition]:
+    total = len(statuses)
+    failed = [s for s in statuses if s.phase is api.CellPhase.FAILED]
+    past_ready = [
+        s for s in statuses if s.phase in (api.CellPhase.BENCHMARKING, api.CellPhase.SUCCEEDED)
+    ]
+    never_ready = [s for s in failed if s.message.startswith("backend not ready")]
+    if never_ready:
+        ready = (
+            "False",
+            "BackendNotReady",
+            "; ".join(f"{s.backend}/{s.pool}: {s.message}" for s in never_ready),
+        )
+    elif len(past_ready) + len(failed) == total:
+        ready = ("True", "AllReady", f"{len(past_ready)}/{total} backends became ready and warm")
+    else:
+        ready = ("False", "Waiting", f"{len(past_ready)}/{total} backends ready and warm")
+    with_results = [s for s in statuses if s.result_ref]
+    if len(with_results) == total:
+        complete = ("True", "AllMeasured", f"{total}/{total} cells have results")
+    elif len(with_results) + len(failed) == total:
+        complete = (
+            "False",
+            "CellsFailed",
+            "; ".join(f"{s.backend}/{s.pool}: {s.message}" for s in failed),
+        )
+    else:
+        complete = ("False", "Running", f"{len(with_results)}/{total} cells have results")
+    conditions = [
+        _condition(previous, "Validated", "True", "Valid", "spec is valid", now, generation),
+        _condition(previous, "BackendsReady", *ready, now, generation),  # type: ignore[arg-type]
+        _condition(previous, "ResultsComplete", *complete, now, generation),  # type: ignore[arg-type]
+    ]
+    if summary is not None:
+        parity = _parity_condition(summary, suite)
+        conditions.append(_condition(previous, "ParityPassed", *parity, now, generation))  # type: ignore[arg-type]
+    return conditions
+
+
+def _parity_condition(summary: api.Summary, suite: api.BenchmarkSuite) -> tuple[str, str, str]:
+    differ = [e for e in summary.excluded if "parity failed" in e]
+    if differ:
+        return ("False", "OutputsDiffer", "; ".join(differ))
+    reference = plan.parity_reference(suite.spec)
+    return ("True", "OutputsAgree", f"every measured backend agrees with '{reference}'")
+
+
+def invalid_status(
+    suite_generation: int | None,
+    previous: api.SuiteStatus | None,
+    problems: Sequence[str],
+    now: datetime,
+) -> api.SuiteStatus:
+    """Status of a suite that failed validation: Failed, Validated=False with every problem."""
+    old = previous.conditions if previous else []
+    return api.SuiteStatus(
+        phase=api.SuitePhase.FAILED,
+        observed_generation=suite_generation,
+        progress="0/0",
+        conditions=[
+            _condition(
+                old, "Validated", "False", "InvalidSpec", "; ".join(problems), now, suite_generation
+            )
+        ],
+    )

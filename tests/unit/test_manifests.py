@@ -1,0 +1,115 @@
+"""Manifests of one cell: placement on the pool, GPU requests, warm readiness, restricted pods."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bakeoff import manifests, naming, plan, validation
+from bakeoff.settings import OperatorSettings
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+STUDY = validation.load_suite(EXAMPLES / "rtx4080-vs-a100.yaml")
+UID = "uid-1"
+GPU = OperatorSettings()
+MOCK = OperatorSettings(cpu_mock=True)
+
+
+def cells() -> dict[str, plan.Cell]:
+    return {c.key: c for c in plan.plan_cells(STUDY.spec)}
+
+
+def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = manifest["spec"]["template"]["spec"]
+    return spec
+
+
+def test_backend_lands_on_its_pool_with_its_gpus() -> None:
+    deployment = manifests.build_backend_deployment(STUDY, UID, cells()["pytorch-a100"], GPU)
+    spec = pod_spec(deployment)
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert spec["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    server = spec["containers"][0]
+    assert server["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    args = server["args"]
+    assert args[args.index("--device") + 1] == "cuda"
+    assert args[args.index("--warmup-batch-sizes") + 1] == "1,4,8,16,32"
+
+
+def test_cpu_mock_mode_requests_no_gpu_and_serves_on_cpu() -> None:
+    for cell in cells().values():
+        deployment = manifests.build_backend_deployment(STUDY, UID, cell, MOCK)
+        spec = pod_spec(deployment)
+        for container in spec["containers"]:
+            assert "limits" not in container["resources"]
+            assert container["image"] == MOCK.cpu_mock_image
+        text = json.dumps(deployment)
+        assert 'nvidia.com/gpu": "' not in text.replace('"nvidia.com/gpu.product"', "")
+        args = spec["containers"][0]["args"]
+        if "--device" in args:
+            assert args[args.index("--device") + 1] == "cpu"
+        for init in spec.get("initContainers", []):
+            provider = init["args"][init["args"].index("--execution-provider") + 1]
+            assert provider == "cpu"
+
+
+def test_triton_backend_prepares_its_repository_in_an_init_container() -> None:
+    deployment = manifests.build_backend_deployment(
+        STUDY, UID, cells()["triton-onnx-trt-a100"], GPU
+    )
+    spec = pod_spec(deployment)
+    prep = spec["initContainers"][0]["args"]
+    assert prep[0] == "triton-prep"
+    assert prep[prep.index("--execution-provider") + 1] == "tensorrt"
+    assert prep[prep.index("--precision") + 1] == "fp16"
+    assert prep[prep.index("--preferred-batch-sizes") + 1] == "8,16,32"
+    assert spec["containers"][0]["image"] == GPU.triton_image
+    service = manifests.build_backend_service(STUDY, UID, cells()["triton-onnx-trt-a100"])
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http", "grpc", "metrics"]
+
+
+def test_benchmark_job_runs_off_the_backend_node_as_the_bench_account() -> None:
+    cell = cells()["pytorch-rtx4080"]
+    job = manifests.build_bench_job(STUDY, UID, cell, GPU)
+    spec = pod_spec(job)
+    assert spec["serviceAccountName"] == naming.BENCH_SERVICE_ACCOUNT
+    term = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == naming.backend_selector(
+        "clip-vitb32", "pytorch", "rtx4080"
+    )
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    config = json.loads(env["BAKEOFF_BENCH_CONFIG"])
+    assert config["target"]["httpUrl"] == "http://clip-vitb32-pytorch-rtx4080.default.svc:8000"
+    assert env["BAKEOFF_RESULT_CONFIGMAP"] == "clip-vitb32-pytorch-rtx4080-result"
+    owner = json.loads(env["BAKEOFF_RESULT_OWNER"])
+    assert (owner["uid"], owner["blockOwnerDeletion"]) == (UID, False)
+    assert job["spec"]["activeDeadlineSeconds"] == STUDY.spec.timeouts.run_seconds
+    assert "tolerations" not in spec  # never on a tainted GPU node
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard() -> None:
+    for cell in cells().values():
+        for manifest in (
+            manifests.build_backend_deployment(STUDY, UID, cell, GPU),
+            manifests.build_bench_job(STUDY, UID, cell, GPU),
+        ):
+            spec = pod_spec(manifest)
+            assert spec["securityContext"]["runAsNonRoot"] is True
+            assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            for container in spec["containers"] + spec.get("initContainers", []):
+                ctx = container["securityContext"]
+                assert ctx["allowPrivilegeEscalation"] is False
+                assert ctx["capabilities"] == {"drop": ["ALL"]}
+                assert ctx["readOnlyRootFilesystem"] is True
+
+
+def test_long_names_are_bounded_and_stay_distinct() -> None:
+    a = naming.job_name("s" * 40, "b" * 40, "pool-a")
+    b = naming.job_name("s" * 40, "b" * 40, "pool-b")
+    assert len(a) <= 63 and len(b) <= 63 and a != b
+    assert naming.job_name("s", "b", "p") == "s-b-p-bench"

@@ -1,0 +1,318 @@
+"""The reconcile planner as a table: suite + observed children + previous status in, plan out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from result_factories import cell as result_for
+
+from bakeoff import api, naming, reconcile, validation
+from bakeoff.reconcile import (
+    DeploymentObservation,
+    JobObservation,
+    Observed,
+    PodObservation,
+    ResultObservation,
+)
+from bakeoff.settings import OperatorSettings
+
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+UID = "0b6c4e1a-0000-4000-8000-000000000001"
+SETTINGS = OperatorSettings(result_grace_s=30)
+STUDY = validation.load_suite(Path(__file__).parents[2] / "examples" / "rtx4080-vs-a100.yaml")
+
+
+def suite(status: api.SuiteStatus | None = None, **spec_changes: object) -> api.BenchmarkSuite:
+    spec = STUDY.spec.model_copy(update=spec_changes)
+    meta = STUDY.metadata.model_copy(update={"namespace": "bench", "generation": 1})
+    return STUDY.model_copy(update={"spec": spec, "status": status, "metadata": meta})
+
+
+def names(backend: str, pool: str) -> tuple[str, str, str]:
+    return ("clip-vitb32", backend, pool)
+
+
+def ready_deployment(backend: str, pool: str, node: str = "a100-0") -> DeploymentObservation:
+    name = naming.backend_name(*names(backend, pool))
+    pod = PodObservation(name=f"{name}-x", node=node, phase="Running", ready=True)
+    return DeploymentObservation(name, T0, ready_replicas=1, pods=(pod,))
+
+
+def pending_deployment(backend: str, pool: str, message: str) -> DeploymentObservation:
+    name = naming.backend_name(*names(backend, pool))
+    pod = PodObservation(
+        name=f"{name}-x", node=None, phase="Pending", ready=False, unschedulable=message
+    )
+    return DeploymentObservation(name, T0, ready_replicas=0, pods=(pod,))
+
+
+def running_job(backend: str, pool: str, **changes: object) -> JobObservation:
+    return JobObservation(naming.job_name(*names(backend, pool)), T0, **changes)  # type: ignore[arg-type]
+
+
+def result(backend: str, pool: str, ok: bool = True) -> ResultObservation:
+    name = naming.result_name(*names(backend, pool))
+    if not ok:
+        return ResultObservation(name, None, "Expecting value: line 1 column 1 (char 0)")
+    return ResultObservation(name, result_for(backend, pool))
+
+
+def status_with(*cells: tuple[str, str, api.CellPhase], phase: api.SuitePhase) -> api.SuiteStatus:
+    return api.SuiteStatus(
+        phase=phase,
+        cells=[
+            api.CellStatus(
+                backend=b,
+                pool=p,
+                phase=ph,
+                result_ref=f"configmap/{naming.result_name(*names(b, p))}"
+                if ph is api.CellPhase.SUCCEEDED
+                else None,
+            )
+            for b, p, ph in cells
+        ],
+    )
+
+
+def kinds(plan: reconcile.Plan) -> list[tuple[str, str]]:
+    return [(m["kind"], m["metadata"]["name"]) for m in plan.creates]
+
+
+def cell_phase(plan: reconcile.Plan, backend: str, pool: str) -> api.CellPhase:
+    return next(c.phase for c in plan.status.cells if (c.backend, c.pool) == (backend, pool))
+
+
+def test_new_suite_deploys_the_first_backend_of_each_pool_only() -> None:
+    plan = reconcile.plan_suite(suite(), UID, Observed(), T0, SETTINGS)
+    assert kinds(plan) == [
+        ("Deployment", "clip-vitb32-pytorch-rtx4080"),
+        ("Service", "clip-vitb32-pytorch-rtx4080"),
+        ("Deployment", "clip-vitb32-pytorch-a100"),
+        ("Service", "clip-vitb32-pytorch-a100"),
+    ]
+    assert cell_phase(plan, "triton-onnx-cuda", "a100") is api.CellPhase.PENDING
+    assert plan.status.phase is api.SuitePhase.DEPLOYING
+    assert plan.status.progress == "0/6"
+    assert all(m["metadata"]["ownerReferences"][0]["uid"] == UID for m in plan.creates)
+
+
+def test_ready_backend_gets_its_benchmark_job() -> None:
+    observed = Observed(
+        deployments={"clip-vitb32-pytorch-a100": ready_deployment("pytorch", "a100")}
+    )
+    plan = reconcile.plan_suite(suite(), UID, observed, T0, SETTINGS)
+    assert ("Job", "clip-vitb32-pytorch-a100-bench") in kinds(plan)
+    assert cell_phase(plan, "pytorch", "a100") is api.CellPhase.BENCHMARKING
+    assert plan.status.phase is api.SuitePhase.BENCHMARKING
+    benchmarking = next(c for c in plan.status.cells if c.backend == "pytorch" and c.pool == "a100")
+    assert benchmarking.node == "a100-0"
+
+
+def test_replanning_the_same_state_creates_no_twin_job() -> None:
+    observed = Observed(
+        deployments={"clip-vitb32-pytorch-a100": ready_deployment("pytorch", "a100")},
+        jobs={"clip-vitb32-pytorch-a100-bench": running_job("pytorch", "a100")},
+    )
+    # previous status lost (operator killed before its status patch): same answer.
+    for previous in (
+        None,
+        status_with(
+            ("pytorch", "a100", api.CellPhase.BENCHMARKING), phase=api.SuitePhase.BENCHMARKING
+        ),
+    ):
+        plan = reconcile.plan_suite(suite(previous), UID, observed, T0, SETTINGS)
+        assert not [k for k in kinds(plan) if k[0] == "Job"]
+        assert cell_phase(plan, "pytorch", "a100") is api.CellPhase.BENCHMARKING
+
+
+def test_result_finishes_the_cell_cleans_it_up_and_frees_the_pool() -> None:
+    observed = Observed(
+        deployments={"clip-vitb32-pytorch-a100": ready_deployment("pytorch", "a100")},
+        services=frozenset({"clip-vitb32-pytorch-a100"}),
+        jobs={"clip-vitb32-pytorch-a100-bench": running_job("pytorch", "a100", succeeded=True)},
+        results={"clip-vitb32-pytorch-a100-result": result("pytorch", "a100")},
+    )
+    plan = reconcile.plan_suite(suite(), UID, observed, T0, SETTINGS)
+    done = next(c for c in plan.status.cells if c.backend == "pytorch" and c.pool == "a100")
+    assert done.phase is api.CellPhase.SUCCEEDED
+    assert done.result_ref == "configmap/clip-vitb32-pytorch-a100-result"
+    assert set(plan.deletes) == {
+        ("Deployment", "clip-vitb32-pytorch-a100"),
+        ("Service", "clip-vitb32-pytorch-a100"),
+        ("Job", "clip-vitb32-pytorch-a100-bench"),
+    }
+    # the next backend of that pool starts in the same step
+    assert ("Deployment", "clip-vitb32-triton-onnx-cuda-a100") in kinds(plan)
+    assert plan.status.progress == "1/6"
+
+
+@pytest.mark.parametrize(
+    ("policy", "phase", "deleted"),
+    [
+        ("OnSuccess", api.CellPhase.SUCCEEDED, True),
+        ("OnSuccess", api.CellPhase.FAILED, False),
+        ("Always", api.CellPhase.FAILED, True),
+        ("Never", api.CellPhase.SUCCEEDED, False),
+    ],
+    ids=["on-success-cleans-success", "on-success-keeps-failure", "always", "never"],
+)
+def test_cleanup_policy(policy: str, phase: api.CellPhase, deleted: bool) -> None:
+    observed = Observed(
+        deployments={"clip-vitb32-pytorch-a100": ready_deployment("pytorch", "a100")},
+        jobs={"clip-vitb32-pytorch-a100-bench": running_job("pytorch", "a100", succeeded=True)},
+    )
+    previous = status_with(("pytorch", "a100", phase), phase=api.SuitePhase.BENCHMARKING)
+    spec_suite = suite(previous, cleanup=api.Cleanup(policy=api.CleanupPolicy(policy)))
+    plan = reconcile.plan_suite(spec_suite, UID, observed, T0, SETTINGS)
+    assert (("Deployment", "clip-vitb32-pytorch-a100") in plan.deletes) is deleted
+
+
+def test_pool_with_no_matching_node_fails_after_the_ready_timeout_with_the_reason() -> None:
+    message = "0/10 nodes are available: 10 node(s) didn't match Pod's node affinity/selector."
+    observed = Observed(
+        deployments={"clip-vitb32-pytorch-a100": pending_deployment("pytorch", "a100", message)}
+    )
+    waiting = reconcile.plan_suite(suite(), UID, observed, T0 + timedelta(seconds=60), SETTINGS)
+    assert cell_phase(waiting, "pytorch", "a100") is api.CellPhase.DEPLOYING
+    late = T0 + timedelta(seconds=STUDY.spec.timeouts.ready_seconds + 1)
+    plan = reconcile.plan_suite(suite(), UID, observed, late, SETTINGS)
+    failed = next(c for c in plan.status.cells if c.backend == "pytorch" and c.pool == "a100")
+    assert failed.phase is api.CellPhase.FAILED
+    assert failed.message == (
+        "backend not ready after readySeconds=900: no node of pool 'a100' can take the "
+        f"backend: {message}"
+    )
+    ready = next(c for c in plan.status.conditions if c.type == "BackendsReady")
+    assert (ready.status, ready.reason) == ("False", "BackendNotReady")
+    # the rtx4080 pool is untouched and the next a100 backend starts
+    assert ("Deployment", "clip-vitb32-triton-onnx-cuda-a100") in kinds(plan)
+
+
+def test_crash_looping_backend_is_named_in_the_message() -> None:
+    name = naming.backend_name(*names("pytorch", "a100"))
+    pod = PodObservation(
+        f"{name}-x", "a100-0", "Running", False, waiting_reason="CrashLoopBackOff", restarts=4
+    )
+    observed = Observed(deployments={name: DeploymentObservation(name, T0, 0, (pod,))})
+    plan = reconcile.plan_suite(suite(), UID, observed, T0, SETTINGS)
+    cell = next(c for c in plan.status.cells if c.backend == "pytorch" and c.pool == "a100")
+    assert cell.message == "backend container is CrashLoopBackOff (4 restarts)"
+
+
+@pytest.mark.parametrize(
+    ("job", "result_obs", "now", "message"),
+    [
+        (
+            dict(
+                failed_message="BackoffLimitExceeded: Job has reached the specified backoff limit"
+            ),
+            None,
+            T0,
+            "benchmark Job failed: BackoffLimitExceeded",
+        ),
+        (
+            dict(succeeded=True, finished_at=T0),
+            None,
+            T0 + timedelta(seconds=31),
+            "finished but published no result within 30 s",
+        ),
+        ({}, False, T0, "is malformed: Expecting value"),
+        ({}, None, T0 + timedelta(seconds=3600 + 31), "did not finish within runSeconds=3600"),
+    ],
+    ids=["job-failed", "no-result-after-grace", "malformed-result", "run-timeout"],
+)
+def test_benchmark_failures_end_the_cell_with_the_reason(
+    job: dict[str, object], result_obs: bool | None, now: datetime, message: str
+) -> None:
+    observed = Observed(
+        deployments={"clip-vitb32-pytorch-a100": ready_deployment("pytorch", "a100")},
+        jobs={"clip-vitb32-pytorch-a100-bench": running_job("pytorch", "a100", **job)},
+        results=(
+            {}
+            if result_obs is None
+            else {"clip-vitb32-pytorch-a100-result": result("pytorch", "a100", ok=result_obs)}
+        ),
+    )
+    plan = reconcile.plan_suite(suite(), UID, observed, now, SETTINGS)
+    cell = next(c for c in plan.status.cells if c.backend == "pytorch" and c.pool == "a100")
+    assert cell.phase is api.CellPhase.FAILED
+    assert message in cell.message
+    assert any(e.type == "Warning" and e.reason == "CellFailed" for e in plan.events)
+
+
+def test_job_succeeded_within_grace_waits_for_the_result() -> None:
+    observed = Observed(
+        jobs={
+            "clip-vitb32-pytorch-a100-bench": running_job(
+                "pytorch", "a100", succeeded=True, finished_at=T0
+            )
+        }
+    )
+    plan = reconcile.plan_suite(suite(), UID, observed, T0 + timedelta(seconds=5), SETTINGS)
+    assert cell_phase(plan, "pytorch", "a100") is api.CellPhase.BENCHMARKING
+
+
+def test_a_finished_cell_never_reopens() -> None:
+    previous = status_with(
+        ("pytorch", "a100", api.CellPhase.FAILED), phase=api.SuitePhase.BENCHMARKING
+    )
+    observed = Observed(results={"clip-vitb32-pytorch-a100-result": result("pytorch", "a100")})
+    plan = reconcile.plan_suite(suite(previous), UID, observed, T0, SETTINGS)
+    assert cell_phase(plan, "pytorch", "a100") is api.CellPhase.FAILED
+
+
+def test_phase_never_goes_back() -> None:
+    previous = api.SuiteStatus(phase=api.SuitePhase.BENCHMARKING)
+    plan = reconcile.plan_suite(suite(previous), UID, Observed(), T0, SETTINGS)
+    assert plan.status.phase is api.SuitePhase.BENCHMARKING
+
+
+ALL_CELLS = [(b.name, p.name) for p in STUDY.spec.node_pools for b in STUDY.spec.backends]
+
+
+def test_all_cells_done_analyzes_then_concludes_with_summary_and_winner() -> None:
+    results = {naming.result_name(*names(b, p)): result(b, p) for b, p in ALL_CELLS}
+    observed = Observed(results=results)
+    first = reconcile.plan_suite(suite(), UID, observed, T0, SETTINGS)
+    assert first.status.phase is api.SuitePhase.ANALYZING
+    assert first.status.progress == "6/6"
+    second = reconcile.plan_suite(suite(first.status), UID, observed, T0, SETTINGS)
+    assert second.status.phase is api.SuitePhase.SUCCEEDED
+    assert second.status.summary is not None
+    assert set(second.status.summary.winners) == {"latency", "throughput", "cost", "memory"}
+    assert set(second.status.summary.cost_per_1k) == {f"{b}/{p}" for b, p in ALL_CELLS}
+    assert second.status.winner == "pytorch/rtx4080"
+    types = {c.type: c.status for c in second.status.conditions}
+    assert types == {
+        "Validated": "True",
+        "BackendsReady": "True",
+        "ResultsComplete": "True",
+        "ParityPassed": "True",
+    }
+    assert second.requeue is False
+    assert any(e.reason == "Succeeded" for e in second.events)
+
+
+def test_suite_with_a_failed_cell_ends_failed_but_keeps_the_verdict_of_the_rest() -> None:
+    results = {
+        naming.result_name(*names(b, p)): result(b, p)
+        for b, p in ALL_CELLS
+        if (b, p) != ("triton-onnx-trt", "a100")
+    }
+    previous = status_with(
+        ("triton-onnx-trt", "a100", api.CellPhase.FAILED), phase=api.SuitePhase.ANALYZING
+    )
+    plan = reconcile.plan_suite(suite(previous), UID, Observed(results=results), T0, SETTINGS)
+    assert plan.status.phase is api.SuitePhase.FAILED
+    assert plan.status.summary is not None and plan.status.summary.winners
+    complete = next(c for c in plan.status.conditions if c.type == "ResultsComplete")
+    assert (complete.status, complete.reason) == ("False", "CellsFailed")
+
+
+def test_condition_transition_time_moves_only_on_change() -> None:
+    first = reconcile.plan_suite(suite(), UID, Observed(), T0, SETTINGS)
+    later = reconcile.plan_suite(suite(first.status), UID, Observed(), T0 + timedelta(60), SETTINGS)
+    validated = next(c for c in later.status.conditions if c.type == "Validated")
+    assert validated.last_transition_time == T0
