@@ -56,3 +56,15 @@ typecheck: $(STAMP) ## mypy --strict over the three packages
 .PHONY: clean
 clean: ## Remove results and caches (keeps the virtualenv)
 	rm -rf results .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: crds
+crds: $(STAMP) ## Regenerate crds/ from the API models
+	$(BIN)/python -m bakeoff.crd --output crds/benchmarksuite.yaml
+
+.PHONY: verify
+verify: $(STAMP) ## Fail if generated files are stale: regenerate crds/ into a temp dir and diff
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  $(BIN)/python -m bakeoff.crd --output "$$tmp/benchmarksuite.yaml" && \
+	  if ! diff -u crds/benchmarksuite.yaml "$$tmp/benchmarksuite.yaml"; then \
+	    echo "crds/benchmarksuite.yaml is stale: run 'make crds' and commit it" >&2; exit 1; \
+	  fi

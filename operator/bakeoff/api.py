@@ -168,7 +168,7 @@ class Scenarios(StrictModel):
 
 
 class Parity(StrictModel):
-    reference: str | None = Field(
+    reference: DnsLabel | None = Field(
         default=None, description="Backend whose outputs are the truth; default: the first"
     )
     min_cosine: float = Field(default=0.999, gt=0, le=1)
@@ -262,7 +262,9 @@ class Summary(StrictModel):
     winners: dict[str, Winner] = Field(default_factory=dict)
     recommendations: list[str] = Field(default_factory=list)
     cost_per_1k: dict[str, float] = Field(
-        default_factory=dict, description="'backend/pool' -> cost per 1000 inferences"
+        default_factory=dict,
+        alias="costPer1k",  # to_camel would write costPer1K
+        description="'backend/pool' -> cost per 1000 inferences",
     )
     parity: dict[str, float] = Field(
         default_factory=dict, description="'backend/pool' -> worst cosine vs the reference"

@@ -24,7 +24,6 @@ from bakeoff_bench import runner as bench_runner
 from bakeoff_bench.models import StrictModel
 from bakeoff_bench.results import CellResult
 from bakeoff_serve import launch, process
-from bakeoff_serve.model_configs import BUILTIN_MODELS
 
 Progress = Callable[[str], None]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -125,31 +124,24 @@ def backend_command(
         )
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
     else:
-        # Imported here: they pull in torch and onnx, which the PyTorch path loads elsewhere.
-        from bakeoff_serve import onnx_export, triton_repo, tritonserver
+        # Imported here: model prep pulls in torch and onnx.
+        from bakeoff_serve import model_prep, tritonserver
 
         assert backend.execution_provider is not None  # validation.check_suite guarantees it
-        config = BUILTIN_MODELS[builtin]
-        onnx_path = onnx_export.prepare_onnx(
+        batching = backend.dynamic_batching or api.DynamicBatching()
+        repo = model_prep.prepare_triton_repository(
+            work_dir / "model-repository",
+            spec.model.name,
             builtin,
             weights,
             spec.model.seed,
-            (cache_dir or tritonserver.default_cache_dir()) / "onnx",
-        )
-        batching = backend.dynamic_batching or api.DynamicBatching()
-        repo = work_dir / "model-repository"
-        triton_repo.write_python_backend_repository(
-            repo,
-            spec.model.name,
-            onnx_path,
+            cache_dir or tritonserver.default_cache_dir(),
             max_batch_size=backend.max_batch_size,
             execution_provider=backend.execution_provider.value,
-            image_size=config.image_size,
-            embed_dim=config.embed_dim,
-            preferred_batch_sizes=list(batching.preferred_batch_sizes),
-            max_queue_delay_us=batching.max_queue_delay_microseconds,
             # check_suite allows triton-onnx only fp32, or fp16 with TensorRT.
             precision="fp16" if backend.precision is api.Precision.FP16 else "fp32",
+            preferred_batch_sizes=batching.preferred_batch_sizes,
+            max_queue_delay_us=batching.max_queue_delay_microseconds,
             warmup_batch_sizes=plan.warmup_batch_sizes(spec, backend),
         )
         metrics_port = process.free_port()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,10 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes:
         raise argparse.ArgumentTypeError("needs at least one batch size")
     return sizes
+
+
+def _optional_batch_sizes(text: str) -> tuple[int, ...]:
+    return _batch_sizes(text) if text.strip() else ()
 
 
 def _run_pytorch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -97,7 +102,85 @@ def _add_pytorch(subparsers: argparse._SubParsersAction[_Parser]) -> None:
     parser.set_defaults(handler=_run_pytorch, command_parser=parser)
 
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction[_Parser]], None]] = [_add_pytorch]
+def _run_triton_prep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bakeoff_serve import model_prep, onnx_export, tritonserver
+    from bakeoff_serve.model_configs import BUILTIN_MODELS
+
+    if args.builtin not in BUILTIN_MODELS:
+        parser.error(f"--builtin {args.builtin}: known models are {', '.join(BUILTIN_MODELS)}")
+    if args.precision == "fp16" and args.execution_provider != "tensorrt":
+        parser.error("--precision fp16 needs --execution-provider tensorrt")
+    try:
+        repo = model_prep.prepare_triton_repository(
+            args.out, args.model_name, args.builtin, args.weights, args.seed,
+            args.cache_dir or tritonserver.default_cache_dir(),
+            max_batch_size=args.max_batch_size, execution_provider=args.execution_provider,
+            precision=args.precision, preferred_batch_sizes=args.preferred_batch_sizes,
+            max_queue_delay_us=args.max_queue_delay_us,
+            warmup_batch_sizes=args.warmup_batch_sizes,
+        )  # fmt: skip
+    except (onnx_export.OnnxExportError, OSError, ValueError) as exc:
+        print(f"bakeoff_serve triton-prep: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote model repository {repo}/{args.model_name}", file=sys.stderr)
+    return 0
+
+
+def _add_triton_prep(subparsers: argparse._SubParsersAction[_Parser]) -> None:
+    parser = subparsers.add_parser(
+        "triton-prep",
+        help="export the model to ONNX and write a Triton model repository",
+        description="Model prep for the triton-onnx backends (the init container).",
+    )
+    parser.add_argument("--model-name", required=True)
+    parser.add_argument("--builtin", required=True)
+    parser.add_argument("--weights", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--execution-provider", choices=["cpu", "cuda", "tensorrt"], default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-queue-delay-us", type=int, default=0)
+    parser.add_argument(
+        "--preferred-batch-sizes", type=_optional_batch_sizes, default=(), help="e.g. 8,16"
+    )
+    parser.add_argument("--warmup-batch-sizes", type=_batch_sizes, default=(1,))
+    parser.add_argument("--out", type=Path, required=True, help="the model repository folder")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="ONNX export cache")
+    parser.set_defaults(handler=_run_triton_prep, command_parser=parser)
+
+
+def _run_triton(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from bakeoff_serve import launch, tritonserver
+
+    try:
+        command = launch.triton_server_command(
+            args.repo, args.http_port, args.grpc_port, args.metrics_port, host=args.host
+        )
+    except tritonserver.TritonNotInstalledError as exc:
+        parser.error(str(exc))
+    # Replace this process: signals from the kubelet go straight to tritonserver.
+    os.execve(command.argv[0], list(command.argv), {**os.environ, **command.env})
+
+
+def _add_triton(subparsers: argparse._SubParsersAction[_Parser]) -> None:
+    parser = subparsers.add_parser(
+        "triton",
+        help="run the bundled tritonserver on a model repository (CPU-mock image)",
+        description="Serve a repository written by triton-prep with the bundled tritonserver.",
+    )
+    parser.add_argument("--repo", type=Path, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.set_defaults(handler=_run_triton, command_parser=parser)
+
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction[_Parser]], None]] = [
+    _add_pytorch,
+    _add_triton_prep,
+    _add_triton,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
