@@ -105,6 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.cluster:
+        return _report_from_cluster(args)
     suite_dir = Path(args.results)
     suite = _load(args.suite) if args.suite else None
     cell_files = sorted((suite_dir / "cells").glob("*.json"))
@@ -114,7 +116,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if suite is None:
         if args.suite:
             return EXIT_BAD_INPUT
-        _eprint("--suite FILE is needed to know pools, prices and the parity reference")
+        _eprint(
+            "--suite FILE is needed to know pools, prices and the parity reference "
+            "(or use --cluster to report a suite from the cluster)"
+        )
         return EXIT_BAD_INPUT
     results = [CellResult.model_validate_json(p.read_text()) for p in cell_files]
     outcomes_file = suite_dir / "outcomes.json"
@@ -125,6 +130,44 @@ def cmd_report(args: argparse.Namespace) -> int:
                 failures.append((cell["backend"], cell["pool"], cell.get("message", "")))
     verdict = analysis.analyze(suite, results, failures)
     paths = report.write_report(verdict, results, suite_dir)
+    print(report.render_table(verdict))
+    print(f"\nreport: {paths[0]}  {paths[1]}")
+    return EXIT_OK
+
+
+def _report_from_cluster(args: argparse.Namespace) -> int:
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+    from kubernetes.client.exceptions import ApiException
+
+    from bakeoff import cluster_report, kube
+
+    name = args.results
+    try:
+        k8s_config.load_kube_config(context=args.context)  # type: ignore[no-untyped-call]
+        contexts, current = k8s_config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+        chosen = next((c for c in contexts if c["name"] == args.context), current)
+        namespace = args.namespace or chosen["context"].get("namespace", "default")
+        client = kube.KubeClient(k8s.ApiClient())
+        suite, results, failures, problems = cluster_report.fetch(
+            client, namespace, name, Path(args.out)
+        )
+    except (k8s_config.ConfigException, OSError) as error:
+        _eprint(f"cannot reach the cluster: {error}")
+        return EXIT_BAD_INPUT
+    except ApiException as error:
+        if error.status == 404:
+            _eprint(f"no BenchmarkSuite {name!r} in namespace {namespace!r}")
+        else:
+            _eprint(f"the API server refused: {error.status} {error.reason}")
+        return EXIT_BAD_INPUT
+    except (cluster_report.ClusterReportError, validation.SuiteInvalid) as error:
+        _eprint(str(error))
+        return EXIT_BAD_INPUT
+    for problem in problems:
+        _eprint(f"skipped a malformed result: {problem}")
+    verdict = analysis.analyze(suite, results, failures)
+    paths = report.write_report(verdict, results, Path(args.out) / name)
     print(report.render_table(verdict))
     print(f"\nreport: {paths[0]}  {paths[1]}")
     return EXIT_OK
@@ -151,9 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: the pool's (gpus: 0 means cpu)",
     )
     p_run.set_defaults(func=cmd_run)
-    p_report = sub.add_parser("report", help="re-render the report from a results folder")
-    p_report.add_argument("results", help="e.g. results/cpu-mock")
-    p_report.add_argument("--suite", required=True, help="the suite file the results came from")
+    p_report = sub.add_parser(
+        "report", help="write the report of a local results folder or of a cluster suite"
+    )
+    p_report.add_argument(
+        "results", help="results folder (results/cpu-mock) or, with --cluster, the suite's name"
+    )
+    p_report.add_argument("--suite", help="the suite file a local results folder came from")
+    p_report.add_argument(
+        "--cluster",
+        action="store_true",
+        help="read the suite's status and result ConfigMaps from the cluster",
+    )
+    p_report.add_argument("-n", "--namespace", help="with --cluster (default: the context's)")
+    p_report.add_argument("--context", help="with --cluster: kubeconfig context")
+    p_report.add_argument("--out", default="results", help="with --cluster: results folder")
     p_report.set_defaults(func=cmd_report)
     return parser
 
