@@ -29,6 +29,7 @@ demo: $(STAMP) ## Run the CPU-mock bake-off locally: prints the verdict, writes 
 test: $(STAMP) ## Install, lint, typecheck, then run every test tier (unit, protocol, local)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy operator/bakeoff bench-jobs/bakeoff_bench images/serve/bakeoff_serve
 	$(BIN)/pytest tests/unit tests/protocol tests/local $(PYTEST_FLAGS)
 
@@ -45,9 +46,10 @@ test-local: $(STAMP) ## The whole `bakeoff run --local` pipeline on the CPU-mock
 	$(BIN)/pytest tests/local $(PYTEST_FLAGS)
 
 .PHONY: lint
-lint: $(STAMP) ## ruff check and format check
+lint: $(STAMP) ## ruff check, format check, import layering contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 .PHONY: typecheck
 typecheck: $(STAMP) ## mypy --strict over the three packages
