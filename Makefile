@@ -26,12 +26,13 @@ demo: $(STAMP) ## Run the CPU-mock bake-off locally: prints the verdict, writes 
 	$(BIN)/bakeoff run $(SUITE) --local
 
 .PHONY: test
-test: $(STAMP) ## Install, lint, typecheck, then run every test tier (unit, protocol, local)
+test: $(STAMP) ## Install, lint, typecheck, then every tier: unit, protocol, local, cluster
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy operator/bakeoff bench-jobs/bakeoff_bench images/serve/bakeoff_serve
 	$(BIN)/pytest tests/unit tests/protocol tests/local $(PYTEST_FLAGS)
+	$(MAKE) test-cluster
 
 .PHONY: test-unit
 test-unit: $(STAMP) ## Pure logic only: no servers
@@ -70,3 +71,20 @@ verify: $(STAMP) ## Fail if generated files are stale: regenerate crds/ into a t
 	  if ! diff -u crds/benchmarksuite.yaml "$$tmp/benchmarksuite.yaml"; then \
 	    echo "crds/benchmarksuite.yaml is stale: run 'make crds' and commit it" >&2; exit 1; \
 	  fi
+
+.PHONY: bench
+bench: $(STAMP) ## Benchmarks that print numbers: the load generator vs wrk and locust
+	$(PY) benchmarks/loadgen.py --out results/bench/loadgen.json
+
+.PHONY: test-cluster
+test-cluster: $(STAMP) ## The operator on a real control plane (builds or reuses it)
+	hack/control-plane.sh up
+	$(BIN)/pytest tests/cluster $(PYTEST_FLAGS)
+
+.PHONY: cluster-up
+cluster-up: ## Start (building once) the local control plane; prints the kubeconfig path
+	hack/control-plane.sh up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local control plane (hack/control-plane.sh) and delete its state
+	hack/control-plane.sh down

@@ -383,6 +383,28 @@ EOF
   [ "$phase" = Running ] || fail "pod $pod is $phase, not Running"
   step "  $pod Running on $node"
 
+  step "a pod on the flaky L4 nodes runs but never gets Ready: CrashLoopBackOff (hack/kwok/stages.yaml)"
+  kc apply -f - >/dev/null <<EOF
+{"apiVersion": "apps/v1", "kind": "Deployment",
+ "metadata": {"name": "smoke-flaky", "namespace": "$ns"},
+ "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "smoke-flaky"}},
+  "template": {"metadata": {"labels": {"app": "smoke-flaky"}},
+   "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    "containers": [{"name": "serve", "image": "bakeoff/serve:smoke",
+      "resources": {"limits": {"nvidia.com/gpu": 1}}, $sc}]}}}}
+EOF
+  local state="" want='gpu-flaky-* Running false CrashLoopBackOff [1-9]*'
+  for n in $(seq 1 60); do
+    state=$(kc -n "$ns" get pods -l app=smoke-flaky -o jsonpath='{.items[0].spec.nodeName} {.items[0].status.phase} {.items[0].status.containerStatuses[0].ready} {.items[0].status.containerStatuses[0].state.waiting.reason} {.items[0].status.containerStatuses[0].restartCount}' 2>/dev/null || true)
+    # shellcheck disable=SC2053  # $want is a glob on purpose
+    [[ $state == $want ]] && break
+    sleep 0.5
+  done
+  [[ $state == $want ]] || fail "flaky pod is '$state', not '$want'"
+  step "  node phase ready reason restarts: $state"
+  kc -n "$ns" delete deployment smoke-flaky --wait=false >/dev/null
+
   step "a Job on a system node completes"
   kc apply -f - >/dev/null <<EOF
 {"apiVersion": "batch/v1", "kind": "Job",

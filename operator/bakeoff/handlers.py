@@ -7,6 +7,8 @@ Run locally against any cluster:  kopf run --standalone -m bakeoff.handlers -n N
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,7 +49,7 @@ def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     kube_client()
 
 
-def _suite_document(body: kopf.Body) -> dict[str, Any]:
+def _suite_document(body: Mapping[str, Any]) -> dict[str, Any]:
     metadata = body.get("metadata", {})
     return {
         "apiVersion": body.get("apiVersion"),
@@ -61,69 +63,88 @@ def _suite_document(body: kopf.Body) -> dict[str, Any]:
     }
 
 
-def _previous_status(body: kopf.Body) -> api.SuiteStatus | None:
-    raw = dict(body.get("status") or {})
-    raw = {k: v for k, v in raw.items() if k in api.SuiteStatus.model_fields or k in _aliases()}
+def _previous_status(obj: Mapping[str, Any]) -> api.SuiteStatus | None:
+    known = {f.alias or name for name, f in api.SuiteStatus.model_fields.items()}
+    raw = {k: v for k, v in dict(obj.get("status") or {}).items() if k in known}
     try:
         return api.SuiteStatus.model_validate(raw) if raw else None
     except ValueError:
         return None  # a status we cannot read is rebuilt from the cluster
 
 
-def _aliases() -> set[str]:
-    return {f.alias for f in api.SuiteStatus.model_fields.values() if f.alias}
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
 
 
-def reconcile_suite(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> None:
-    now = datetime.now(UTC)
-    document = _suite_document(body)
-    previous = _previous_status(body)
-    generation = document["metadata"]["generation"]
-    try:
-        suite = validation.parse_suite(
-            document, f"BenchmarkSuite {body.get('metadata', {}).get('name')}"
-        )
-    except validation.SuiteInvalid as invalid:
-        problems = [
-            p.render().replace("\n    hint:", " (hint:") + (")" if p.hint else "")
-            for p in invalid.problems
-        ]
-        status = reconcile.invalid_status(generation, previous, problems, now)
-        patch.status.update(status.model_dump(mode="json", by_alias=True, exclude_none=True))
-        kopf.warn(body, reason="InvalidSpec", message="; ".join(problems))
-        raise kopf.PermanentError(f"invalid spec: {'; '.join(problems)}") from None
-    suite = suite.model_copy(update={"status": previous})
-    namespace = suite.metadata.namespace or "default"
-    uid = body["metadata"]["uid"]
+def _suite_lock(uid: str) -> threading.Lock:
+    """One reconcile per suite at a time: the timer and the event handlers run concurrently."""
+    with _locks_guard:
+        return _locks.setdefault(uid, threading.Lock())
+
+
+def reconcile_suite(body: kopf.Body, logger: kopf.Logger) -> None:
+    """Plan from a fresh read of the suite and write its status before letting go of it.
+
+    kopf hands each handler the body of the event that woke it; two handlers woken together
+    would plan from the same old status and announce every step twice. Under the suite's
+    lock, the status is re-read from the API and written back directly, so the next
+    reconcile always starts from the last one's result.
+    """
+    metadata = body.get("metadata", {})
+    namespace, name, uid = metadata.get("namespace") or "default", metadata["name"], metadata["uid"]
     client = kube_client()
-    plan = reconcile.plan_suite(
-        suite, uid, client.observe(namespace, suite.metadata.name), now, get_settings()
-    )
-    for manifest in plan.creates:
-        if client.create(namespace, manifest):
-            logger.info(f"created {manifest['kind']} {manifest['metadata']['name']}")
-    for kind, name in plan.deletes:
-        if client.delete(namespace, kind, name):
-            logger.info(f"deleted {kind} {name} (cleanup policy {suite.spec.cleanup.policy.value})")
+    with _suite_lock(uid):
+        now = datetime.now(UTC)
+        fresh = client.read_suite(namespace, name)
+        if fresh["metadata"].get("uid") != uid:
+            return  # deleted and re-created meanwhile: the new object has handlers of its own
+        document = _suite_document(fresh)
+        previous = _previous_status(fresh)
+        generation = document["metadata"]["generation"]
+        try:
+            suite = validation.parse_suite(document, f"BenchmarkSuite {namespace}/{name}")
+        except validation.SuiteInvalid as invalid:
+            problems = [
+                p.render().replace("\n    hint:", " (hint:") + (")" if p.hint else "")
+                for p in invalid.problems
+            ]
+            status = reconcile.invalid_status(generation, previous, problems, now)
+            client.patch_suite_status(namespace, name, _status_body(status))
+            kopf.warn(body, reason="InvalidSpec", message="; ".join(problems))
+            raise kopf.PermanentError(f"invalid spec: {'; '.join(problems)}") from None
+        suite = suite.model_copy(update={"status": previous})
+        plan = reconcile.plan_suite(
+            suite, uid, client.observe(namespace, name), now, get_settings()
+        )
+        for manifest in plan.creates:
+            if client.create(namespace, manifest):
+                logger.info(f"created {manifest['kind']} {manifest['metadata']['name']}")
+        for kind, child in plan.deletes:
+            if client.delete(namespace, kind, child):
+                policy = suite.spec.cleanup.policy.value
+                logger.info(f"deleted {kind} {child} (cleanup policy {policy})")
+        client.patch_suite_status(namespace, name, _status_body(plan.status))
     for event in plan.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-    patch.status.update(plan.status.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+def _status_body(status: api.SuiteStatus) -> dict[str, Any]:
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def benchmarksuite_changed(
-    body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
-) -> None:
-    reconcile_suite(body, patch, logger)
+def benchmarksuite_changed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+    reconcile_suite(body, logger)
 
 
 @kopf.timer(
     GROUP, VERSION, PLURAL,
     interval=get_settings().reconcile_interval_s,
+    initial_delay=get_settings().reconcile_interval_s,  # the create/resume handler goes first
     when=lambda status, **_: status.get("phase") not in FINISHED,
 )  # fmt: skip
-def benchmarksuite_tick(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+def benchmarksuite_tick(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     """Drives every suite forward: children change state without touching the suite."""
-    reconcile_suite(body, patch, logger)
+    reconcile_suite(body, logger)

@@ -215,6 +215,13 @@ class KubeClient:
         suite: dict[str, Any] = json.loads(json.dumps(obj))
         return suite
 
+    def patch_suite_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch the status subresource (lists such as cells are replaced whole)."""
+        custom = k8s.CustomObjectsApi(self.core.api_client)
+        custom.patch_namespaced_custom_object_status(
+            naming.GROUP, "v1alpha1", namespace, "benchmarksuites", name, {"status": dict(status)}
+        )
+
     def read_result_configmaps(self, namespace: str, suite: str) -> list[dict[str, Any]]:
         selector = (
             f"{naming.suite_selector(suite)},{naming.LABEL_COMPONENT}={naming.COMPONENT_RESULT}"
