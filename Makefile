@@ -74,6 +74,9 @@ verify: $(STAMP) ## Fail if generated files are stale: regenerate crds/ into a t
 
 .PHONY: bench
 bench: $(STAMP) ## Benchmarks that print numbers: the load generator vs wrk and locust
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || { \
+	  echo "==> installing wrk and nginx (Debian packages) for the load-generator benchmark"; \
+	  apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null; }
 	$(PY) benchmarks/loadgen.py --out results/bench/loadgen.json
 
 .PHONY: test-cluster

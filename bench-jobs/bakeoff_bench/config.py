@@ -1,9 +1,13 @@
 """What one benchmark run measures: the input of `python -m bakeoff_bench`.
 
 The operator (or the local runner) derives a `BenchConfig` from a `BenchmarkSuite` cell.
+Every scenario is optional; a config without `steadyState`, `concurrencySweep`, `rate` or
+`workers` runs exactly as before those existed (fixed request counts, one client process).
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 from pydantic import Field, model_validator
 
@@ -22,11 +26,65 @@ class Target(StrictModel):
     model_name: str = Field(description="Model name in /v2/models/{name}", min_length=1)
 
 
+class Arrival(StrEnum):
+    """How an open-loop run spaces its sends."""
+
+    CONSTANT = "constant"
+    POISSON = "poisson"
+
+
+class SteadyState(StrictModel):
+    """Measure in windows until `consecutive` of them agree (DESIGN §2, rule 2)."""
+
+    window_requests: int | None = Field(
+        default=None, gt=0, le=1_000_000, description="Requests per window"
+    )
+    window_seconds: float | None = Field(
+        default=None, gt=0, le=3600, description="Seconds per window (instead of requests)"
+    )
+    tolerance: float = Field(
+        default=0.10,
+        gt=0,
+        lt=1,
+        description="Each accepted window's throughput and p50 lie within this fraction of "
+        "their mean over the accepted windows",
+    )
+    consecutive: int = Field(default=3, ge=2, le=20, description="Windows that must agree")
+    max_windows: int = Field(
+        default=10, ge=2, le=100, description="Give up (result marked unstable) after these"
+    )
+
+    @model_validator(mode="after")
+    def _one_window_size(self) -> SteadyState:
+        if (self.window_requests is None) == (self.window_seconds is None):
+            raise ValueError(
+                "steadyState needs exactly one of windowRequests and windowSeconds, got "
+                f"windowRequests={self.window_requests}, windowSeconds={self.window_seconds}"
+            )
+        if self.consecutive > self.max_windows:
+            raise ValueError(
+                f"steadyState.consecutive ({self.consecutive}) cannot exceed "
+                f"maxWindows ({self.max_windows})"
+            )
+        return self
+
+
+def _check_sizes(name: str, sizes: list[int]) -> None:
+    bad = [b for b in sizes if b <= 0]
+    if bad:
+        raise ValueError(f"{name} must be positive, got {bad}")
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"{name} must not repeat, got {sizes}")
+
+
 class SingleScenario(StrictModel):
     """Sequential single-image requests: the latency a lone user sees."""
 
     requests: int = Field(default=200, gt=0, le=1_000_000, description="Measured requests")
     warmup: int = Field(default=20, ge=0, le=100_000, description="Unmeasured requests first")
+    steady_state: SteadyState | None = Field(
+        default=None, description="Windows instead of `requests`; overrides the top-level one"
+    )
 
 
 class BatchSweepScenario(StrictModel):
@@ -36,14 +94,87 @@ class BatchSweepScenario(StrictModel):
     requests: int = Field(default=50, gt=0, le=1_000_000, description="Measured requests per size")
     warmup: int = Field(default=5, ge=0, le=100_000, description="Unmeasured requests per size")
     concurrency: int = Field(default=1, gt=0, le=1024, description="Requests in flight")
+    steady_state: SteadyState | None = Field(
+        default=None, description="Windows instead of `requests`; overrides the top-level one"
+    )
 
     @model_validator(mode="after")
     def _sizes_positive_and_unique(self) -> BatchSweepScenario:
-        bad = [b for b in self.batch_sizes if b <= 0]
+        _check_sizes("batchSizes", self.batch_sizes)
+        return self
+
+
+class ConcurrencySweepScenario(StrictModel):
+    """Closed loop at each concurrency level and batch size: the capacity curve."""
+
+    levels: list[int] = Field(min_length=1, max_length=32, description="Requests in flight")
+    batch_sizes: list[int] = Field(default=[1], min_length=1, max_length=32)
+    requests: int = Field(default=200, gt=0, le=1_000_000, description="Measured per point")
+    warmup: int = Field(default=20, ge=0, le=100_000, description="Unmeasured per point")
+    steady_state: SteadyState | None = Field(
+        default=None, description="Windows instead of `requests`; overrides the top-level one"
+    )
+
+    @model_validator(mode="after")
+    def _valid_points(self) -> ConcurrencySweepScenario:
+        _check_sizes("batchSizes", self.batch_sizes)
+        _check_sizes("levels", self.levels)
+        if max(self.levels) > 4096:
+            raise ValueError(f"levels must be at most 4096, got {max(self.levels)}")
+        return self
+
+
+class MaxRateSearch(StrictModel):
+    """Bisect for the highest rate whose p99 meets `sloP99Ms` (bounded number of runs)."""
+
+    steps: int = Field(default=4, ge=1, le=12, description="Rate runs the search may make")
+    duration_seconds: float | None = Field(
+        default=None, gt=0, le=3600, description="Per run; default the rate's durationSeconds"
+    )
+
+
+class RateScenario(StrictModel):
+    """Open loop: requests sent on a schedule, whatever the server's answers do."""
+
+    requests_per_second: list[float] = Field(
+        default_factory=list, max_length=32, description="Rates to run, in order"
+    )
+    arrival: Arrival = Arrival.POISSON
+    duration_seconds: float = Field(default=30, gt=0, le=3600, description="Measured schedule")
+    warmup_seconds: float = Field(
+        default=2, ge=0, le=600, description="Same schedule first, unmeasured (opens connections)"
+    )
+    batch_size: int = Field(default=1, gt=0, le=1024)
+    slo_p99_ms: float | None = Field(default=None, gt=0, description="Latency objective")
+    max_in_flight: int = Field(
+        default=128,
+        gt=0,
+        le=65_536,
+        description="A send due while this many are in flight is dropped (and counted)",
+    )
+    late_threshold_ms: float = Field(
+        default=2.0,
+        gt=0,
+        description="A send this much after its scheduled time counts as late (the event "
+        "loop's timers are only good to about 1 ms)",
+    )
+    drain_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=600,
+        description="After the schedule ends, wait this long for answers; later ones are dropped",
+    )
+    max_rate_search: MaxRateSearch | None = None
+
+    @model_validator(mode="after")
+    def _something_to_run(self) -> RateScenario:
+        bad = [r for r in self.requests_per_second if not 0 < r <= 1_000_000]
         if bad:
-            raise ValueError(f"batchSizes must be positive, got {bad}")
-        if len(set(self.batch_sizes)) != len(self.batch_sizes):
-            raise ValueError(f"batchSizes must not repeat, got {self.batch_sizes}")
+            raise ValueError(f"requestsPerSecond must be in (0, 1000000], got {bad}")
+        if not self.requests_per_second and self.max_rate_search is None:
+            raise ValueError("rate needs requestsPerSecond, maxRateSearch or both")
+        if self.max_rate_search is not None and self.slo_p99_ms is None:
+            raise ValueError("maxRateSearch needs sloP99Ms: the rate is searched against it")
         return self
 
 
@@ -54,9 +185,31 @@ class BenchConfig(StrictModel):
     target: Target
     single: SingleScenario | None = None
     batch_sweep: BatchSweepScenario | None = None
+    concurrency_sweep: ConcurrencySweepScenario | None = None
+    rate: RateScenario | None = None
+    steady_state: SteadyState | None = Field(
+        default=None, description="Default steady-state windows of every closed-loop scenario"
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Client processes of open-loop runs, each sending 1/N of the rate",
+    )
     seed: int = Field(default=0, description="Seed of the input images, the same for every backend")
     parity_batch: int = Field(
         default=2, ge=0, le=64, description="Seeded images whose outputs are kept for parity"
     )
     request_timeout_s: float = Field(default=60.0, gt=0)
     ready_timeout_s: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _max_rate_search_has_a_start(self) -> BenchConfig:
+        closed_loop = self.single or self.batch_sweep or self.concurrency_sweep
+        rate = self.rate
+        if rate and rate.max_rate_search and not rate.requests_per_second and not closed_loop:
+            raise ValueError(
+                "rate.maxRateSearch starts from the highest closed-loop throughput or the "
+                "highest requestsPerSecond; add a closed-loop scenario or requestsPerSecond"
+            )
+        return self

@@ -1,7 +1,11 @@
 """Where the client ran: recorded with every result (DESIGN §2, rule 5).
 
 A load generator short of CPU measures itself, not the server; the client's cores and CPU
-model let the report flag that. Called once per run by `runner`.
+model let the report flag that. GPUs, driver and CUDA come from `nvidia-smi` where the load
+generator runs (the local runner shares the machine with the backend; in a cluster the Job
+runs off the GPU node, so the operator may pass the backend's node and images through
+BAKEOFF_SERVER_NODE and BAKEOFF_IMAGE_<ROLE> variables). Called once per run by `runner`;
+the parsers are pure and tested on captured output.
 """
 
 from __future__ import annotations
@@ -9,14 +13,21 @@ from __future__ import annotations
 import math
 import os
 import platform
+import re
+import shutil
 import socket
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Final
 
 from bakeoff_bench.results import Environment
 
-PACKAGES: Final = ("bakeoff", "aiohttp", "numpy", "pydantic", "orjson")
+PACKAGES: Final = ("bakeoff", "aiohttp", "numpy", "pydantic", "orjson", "prometheus-client")
+NVIDIA_SMI_TIMEOUT_S: Final = 10.0
+IMAGE_PREFIX: Final = "BAKEOFF_IMAGE_"
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
@@ -69,7 +80,66 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     return versions
 
 
-def collect_environment() -> Environment:
+@dataclass(frozen=True)
+class GpuInfo:
+    model: str = "none"
+    count: int = 0
+    driver: str | None = None
+    cuda: str | None = None
+
+
+def parse_gpu_query(text: str) -> GpuInfo:
+    """`nvidia-smi --query-gpu=name,driver_version --format=csv,noheader` output."""
+    rows = [line.rsplit(",", 1) for line in text.splitlines() if "," in line]
+    names = [name.strip() for name, _ in rows]
+    drivers = sorted({driver.strip() for _, driver in rows})
+    if not names:
+        return GpuInfo()
+    distinct = list(dict.fromkeys(names))  # keeps order, drops repeats
+    model = distinct[0] if len(distinct) == 1 else " + ".join(distinct)
+    return GpuInfo(model=model, count=len(names), driver=", ".join(drivers) or None)
+
+
+def parse_cuda_version(text: str) -> str | None:
+    """The 'CUDA Version: 12.4' of plain `nvidia-smi`: the newest CUDA the driver supports."""
+    match = re.search(r"CUDA Version:\s*([0-9][0-9.]*)", text)
+    return match.group(1) if match else None
+
+
+def _run(command: list[str]) -> str | None:
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def gpu_info() -> GpuInfo:
+    """GPUs visible here; model "none" where there is no nvidia-smi or it finds no GPU."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return GpuInfo()
+    query = _run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"])
+    info = parse_gpu_query(query or "")
+    if info.count == 0:
+        return info
+    plain = _run([smi])
+    return GpuInfo(info.model, info.count, info.driver, parse_cuda_version(plain or ""))
+
+
+def image_refs(environ: Mapping[str, str]) -> dict[str, str]:
+    """BAKEOFF_IMAGE_SERVER=ref -> {"server": ref}: images the operator says it ran."""
+    return {
+        key.removeprefix(IMAGE_PREFIX).lower(): value
+        for key, value in sorted(environ.items())
+        if key.startswith(IMAGE_PREFIX) and value
+    }
+
+
+def collect_environment(seed: int | None = None) -> Environment:
+    gpu = gpu_info()
     return Environment(
         hostname=socket.gethostname(),
         client_cpu=cpu_model(),
@@ -79,4 +149,12 @@ def collect_environment() -> Environment:
         # Set from the downward API in the benchmark Job: proves the client ran off the
         # backend's node.
         node=os.environ.get("BAKEOFF_NODE_NAME") or None,
+        os=platform.platform(),
+        gpu_model=gpu.model,
+        gpu_count=gpu.count,
+        gpu_driver=gpu.driver,
+        cuda_version=gpu.cuda,
+        seed=seed,
+        server_node=os.environ.get("BAKEOFF_SERVER_NODE") or None,
+        images=image_refs(os.environ),
     )

@@ -1,8 +1,10 @@
 """One benchmark run of one cell: `BenchConfig` in, `CellResult` out.
 
 Called by `__main__` (the benchmark Job) and in-process by the local runner. The order is
-fixed: wait until ready, read metadata, pre-encode every payload, parity, single-image
-scenario, batch sweep, final scrape (GPU memory). `time_to_ready_s` is left to the caller,
+fixed: wait until ready, read metadata, pre-encode every payload, cold start (the first
+request of every batch size), parity, single-image scenario, batch sweep, concurrency sweep,
+rates, max-rate search, final scrape (GPU memory), then flags (`flags`, pure) on every
+result (the scenarios themselves run in `phases`). `time_to_ready_s` is left to the caller,
 which knows when the server was started; this run only sees when it started waiting.
 """
 
@@ -20,9 +22,9 @@ import yaml
 from pydantic import ValidationError
 
 from bakeoff_bench import client as oip
-from bakeoff_bench import environment, payloads, scenarios, server_metrics
+from bakeoff_bench import coldstart, environment, payloads, phases, server_metrics
 from bakeoff_bench.config import BenchConfig
-from bakeoff_bench.results import LOW_SAMPLE_THRESHOLD, CellResult, ScenarioResult, ServerInfo
+from bakeoff_bench.results import CellResult, ServerInfo
 
 # One base class for every way a run can fail, so that callers catch exactly one name.
 BenchError = oip.BenchError
@@ -128,10 +130,27 @@ def server_info(
 
 
 def batch_sizes_needed(config: BenchConfig) -> list[int]:
+    """Every batch size any scenario sends, in first-use order (the cold-start order)."""
     sizes = [1] if config.single is not None else []
     if config.batch_sweep is not None:
-        sizes += [b for b in config.batch_sweep.batch_sizes if b not in sizes]
-    return sizes
+        sizes += config.batch_sweep.batch_sizes
+    if config.concurrency_sweep is not None:
+        sizes += config.concurrency_sweep.batch_sizes
+    if config.rate is not None:
+        sizes.append(config.rate.batch_size)
+    return list(dict.fromkeys(sizes))
+
+
+def connection_limit(config: BenchConfig) -> int:
+    """Connections this process may need at once: no request may queue inside the client."""
+    levels = [1]
+    if config.batch_sweep is not None:
+        levels.append(config.batch_sweep.concurrency)
+    if config.concurrency_sweep is not None:
+        levels += config.concurrency_sweep.levels
+    if config.rate is not None and config.workers == 1:
+        levels.append(config.rate.max_in_flight)
+    return max(levels)
 
 
 def encode_payloads(config: BenchConfig, io: ModelIO) -> dict[int, payloads.Payload]:
@@ -147,9 +166,15 @@ def encode_payloads(config: BenchConfig, io: ModelIO) -> dict[int, payloads.Payl
 
 
 async def collect_parity(
-    client: oip.OipClient, config: BenchConfig, io: ModelIO
+    client: oip.OipClient,
+    config: BenchConfig,
+    io: ModelIO,
+    answered: Callable[[int], None] = lambda count: None,
 ) -> list[list[float]]:
-    """Outputs for `parity_batch` images seeded with seed + PARITY_SEED_OFFSET, one row each."""
+    """Outputs for `parity_batch` images seeded with seed + PARITY_SEED_OFFSET, one row each.
+
+    `answered(1)` after each successful request (the scraper's ledger).
+    """
     images = payloads.seeded_images(
         config.seed + payloads.PARITY_SEED_OFFSET,
         payloads.batched_shape(io.input_shape, config.parity_batch),
@@ -161,56 +186,11 @@ async def collect_parity(
             io.input_name, io.output_name, images[start : start + chunk]
         )
         outputs = await client.infer_decoded(payload)
+        answered(1)
         if io.output_name not in outputs:
             raise oip.BackendResponseError(f"parity response lacks output {io.output_name!r}")
         rows += oip.as_float_rows(outputs[io.output_name])
     return rows
-
-
-def scenario_notes(result: ScenarioResult) -> list[str]:
-    label = f"{result.scenario} b={result.batch_size} c={result.concurrency}"
-    notes: list[str] = []
-    if "p99" in result.latency.low_sample_percentiles:
-        notes.append(
-            f"{label}: p99 is based on {result.latency.count} samples "
-            f"(fewer than {LOW_SAMPLE_THRESHOLD['p99']}); treat it as indicative only"
-        )
-    if result.failed:
-        first = result.errors[0] if result.errors else None
-        reason = f" (most often {first.error_type}: {first.message})" if first else ""
-        notes.append(
-            f"{label}: {result.failed} of {result.failed + result.requests} requests failed{reason}"
-        )
-    return notes
-
-
-async def run_scenarios(
-    client: oip.OipClient,
-    config: BenchConfig,
-    encoded: Mapping[int, payloads.Payload],
-    scraper: server_metrics.MetricsScraper,
-    progress: Callable[[str], None],
-) -> tuple[ScenarioResult | None, list[ScenarioResult]]:
-    """The single-image scenario, then the batch sweep in the configured order."""
-    single = None
-    if config.single is not None:
-        spec = config.single
-        single = await scenarios.run_closed_loop(
-            client, encoded[1], 1, 1, spec.requests, spec.warmup,
-            scenario="single", scraper=scraper, progress=progress,
-        )  # fmt: skip
-        progress(scenarios.summary_line(single))
-    sweep: list[ScenarioResult] = []
-    if config.batch_sweep is not None:
-        sweep_spec = config.batch_sweep
-        for size in sweep_spec.batch_sizes:
-            result = await scenarios.run_closed_loop(
-                client, encoded[size], size, sweep_spec.concurrency, sweep_spec.requests,
-                sweep_spec.warmup, scenario="batch", scraper=scraper, progress=progress,
-            )  # fmt: skip
-            progress(scenarios.summary_line(result))
-            sweep.append(result)
-    return single, sweep
 
 
 async def run_bench(
@@ -224,8 +204,8 @@ async def run_bench(
     started_at = datetime.now(UTC)
     target = config.target
     notes: list[str] = []
-    concurrency = config.batch_sweep.concurrency if config.batch_sweep else 1
-    async with oip.make_session(concurrency, config.request_timeout_s) as session:
+    measured = phases.Measured()
+    async with oip.make_session(connection_limit(config), config.request_timeout_s) as session:
         client = oip.OipClient(session, target.http_url, target.model_name)
         progress(f"waiting for {target.http_url} to be ready")
         await client.wait_ready(config.ready_timeout_s)
@@ -240,23 +220,34 @@ async def run_bench(
         info = server_info(server_meta, model_meta, model_config)
         progress(f"server {info.name} {info.version}, model {target.model_name} ({info.runtime})")
 
+        # The metric baseline, before any inference request: every later scrape waits until
+        # the server has counted all the answers the client has seen since.
+        scraper = server_metrics.MetricsScraper(session, target.metrics_url, target.model_name)
+        await scraper.start()
+
+        # Phase 1, cold start: every batch size once, before parity and any warm-up.
+        cold = None
+        if encoded:
+            cold = await coldstart.run_cold_start(client, encoded, config.ready_timeout_s, progress)
+            scraper.answered_ok(len(cold.first_request_ms) - len(cold.first_request_errors))
+
         parity = None
         if config.parity_batch > 0:
             try:
-                parity = await collect_parity(client, config, io)
+                parity = await collect_parity(client, config, io, scraper.answered_ok)
             except oip.BackendResponseError as exc:
                 # No outputs fails the parity gate downstream; the speed numbers still count.
                 notes.append(f"parity request failed: {exc}")
 
-        scraper = server_metrics.MetricsScraper(session, target.metrics_url, target.model_name)
-        single, sweep = await run_scenarios(client, config, encoded, scraper, progress)
+        # Phases 2 and 3, warm-up and measurement, per scenario.
+        await phases.run_closed_loop(client, config, encoded, scraper, progress, measured)
+        await phases.run_rates(client, config, encoded, scraper, progress, measured)
         final = await scraper.snapshot()
 
-    for result in ([single] if single else []) + sweep:
-        notes += scenario_notes(result)
-        if target.metrics_url and result.server is None and result.requests:
-            notes.append(f"{result.scenario} b={result.batch_size}: no server-side times")
-    notes += scraper.problems
+    cell_flags, flag_notes = phases.attach_flags(measured, cold, target.metrics_url is not None)
+    notes += flag_notes + scraper.problems
+    if cold is not None:
+        cold.warmup_requests += sum(r.warmup_requests for r in measured.everything())
     memory = server_metrics.gpu_memory_bytes(final)
     return CellResult(
         suite=config.suite,
@@ -265,12 +256,17 @@ async def run_bench(
         started_at=started_at,
         finished_at=datetime.now(UTC),
         server=info,
-        environment=environment.collect_environment(),
+        environment=environment.collect_environment(config.seed),
         seed=config.seed,
-        single=single,
-        batch_sweep=sweep,
+        single=measured.single,
+        batch_sweep=measured.batch_sweep,
         parity_outputs=parity,
         memory_bytes=memory,
         memory_kind="gpu" if memory is not None else None,
         notes=notes,
+        cold_start=cold,
+        concurrency_sweep=measured.concurrency_sweep,
+        rate=measured.rate,
+        max_rate=measured.max_rate,
+        flags=cell_flags,
     )

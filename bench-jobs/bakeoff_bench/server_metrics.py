@@ -3,11 +3,15 @@
 Every backend exports Triton's metric names (DESIGN §3), so this one module turns two
 scrapes into queue and compute time for any of them. `parse_snapshot` and
 `diff_server_times` are pure; `MetricsScraper` is the thin network edge that `scenarios`
-calls right before the first and right after the last measured request.
+calls right before the first and right after the last measured request. It also keeps a
+ledger of the answers the client has seen, so that a scrape can wait for the server to
+count them (`settled`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -21,6 +25,9 @@ REQUEST_SUCCESS: Final = "nv_inference_request_success"
 INFERENCE_COUNT: Final = "nv_inference_count"
 EXEC_COUNT: Final = "nv_inference_exec_count"
 GPU_MEMORY_USED: Final = "nv_gpu_memory_used_bytes"
+# How long a closing scrape waits for the server to count the window's last answers.
+SETTLE_TIMEOUT_S: Final = 1.0
+SETTLE_POLL_S: Final = 0.02
 # ServerTimes field -> cumulative microsecond counter whose delta it is built from.
 DURATIONS_US: Final = {
     "request_ms": "nv_inference_request_duration_us",
@@ -95,6 +102,11 @@ def diff_server_times(
     )
 
 
+def settled_requests(before: MetricsSnapshot, after: MetricsSnapshot) -> float:
+    """Successful requests the server has counted between two scrapes."""
+    return _delta(before, after, REQUEST_SUCCESS)
+
+
 def gpu_memory_bytes(snapshot: MetricsSnapshot | None) -> int | None:
     """Used GPU memory summed over the server's GPUs; None where none is reported."""
     if snapshot is None or snapshot.gpu_memory_used_bytes is None:
@@ -123,6 +135,8 @@ class MetricsScraper:
         self.model_name = model_name
         self.problems: list[str] = []
         self.last: MetricsSnapshot | None = None
+        self.baseline: MetricsSnapshot | None = None
+        self.answered = 0  # successful answers the client has seen since the baseline
 
     async def snapshot(self) -> MetricsSnapshot | None:
         if self.metrics_url is None:
@@ -133,3 +147,32 @@ class MetricsScraper:
             self.problems.append(f"metrics scrape of {self.metrics_url} failed: {exc}")
             return None
         return self.last
+
+    async def start(self) -> None:
+        """The reference scrape, taken before the run sends its first inference request."""
+        self.baseline = await self.snapshot()
+
+    def answered_ok(self, count: int) -> None:
+        """The client saw `count` more successful inference answers (any phase)."""
+        self.answered += count
+
+    async def settled(self, timeout_s: float = SETTLE_TIMEOUT_S) -> MetricsSnapshot | None:
+        """A scrape that includes every success the client has seen so far.
+
+        Triton counts a request only after it has sent the answer, so a scrape right after
+        the last answer can miss it, and the next window would count it instead. Scrape
+        again, briefly, until the success counter has moved since the baseline by at least
+        the client's own count (more is fine: the server also counts requests whose answer
+        the client gave up on).
+        """
+        after = await self.snapshot()
+        deadline = time.monotonic() + timeout_s
+        while (
+            self.baseline is not None
+            and after is not None
+            and settled_requests(self.baseline, after) < self.answered
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(SETTLE_POLL_S)
+            after = await self.snapshot()
+        return after

@@ -153,3 +153,45 @@ def summarize_histogram(h: LatencyHistogram) -> LatencyStats:
         low_sample_percentiles=low_sample_percentiles(total),
         histogram=h,
     )
+
+
+def merge_latency_stats(parts: Sequence[LatencyStats]) -> LatencyStats:
+    """Statistics of several clients' samples together (N worker processes or pods).
+
+    One part is returned as is (exact). Several merge through their histograms: the
+    percentiles are within one bucket width; count, mean, min and max stay exact.
+    """
+    if not parts:
+        raise ValueError("nothing to merge")
+    if len(parts) == 1:
+        return parts[0]
+    histograms = [p.histogram for p in parts]
+    if any(h is None for h in histograms):
+        raise ValueError("merging latency statistics needs every part's histogram")
+    merged = histograms[0]
+    assert merged is not None  # for mypy: checked above
+    for h in histograms[1:]:
+        assert h is not None
+        merged = merge_histograms(merged, h)
+    summary = summarize_histogram(merged)
+    filled = [p for p in parts if p.count > 0]
+    if not filled:
+        return summary
+    count = sum(p.count for p in filled)
+    low, high = min(p.min_ms for p in filled), max(p.max_ms for p in filled)
+
+    # A bucket middle can lie just outside the exact range; the true percentile cannot.
+    def clamp(value: float) -> float:
+        return min(max(value, low), high)
+
+    return summary.model_copy(
+        update={
+            "count": count,
+            "mean_ms": sum(p.mean_ms * p.count for p in filled) / count,
+            "min_ms": low,
+            "max_ms": high,
+            "p50_ms": clamp(summary.p50_ms),
+            "p95_ms": clamp(summary.p95_ms),
+            "p99_ms": clamp(summary.p99_ms),
+        }
+    )

@@ -1,8 +1,8 @@
 """`run_bench` end to end against an in-test OIP server on loopback.
 
-The server speaks the binary tensor extension as Triton does and counts every request in
-Triton-named metrics, so the tests can check exactly what the load generator sent and that
-the server-side window covers the measured requests only.
+The server (`fake_oip`) speaks the binary tensor extension as Triton does and counts every
+request in Triton-named metrics, so the tests can check exactly what the load generator
+sent and that the server-side window covers the measured requests only.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ import hashlib
 import json
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fake_oip
 import numpy as np
-import orjson
 import pytest
-from aiohttp import web
+from fake_oip import GPU_USED, IMAGE_SHAPE, MAX_BATCH, MODEL, FakeOipServer
 
 from bakeoff_bench import __main__ as cli
 from bakeoff_bench import client as oip
@@ -27,155 +26,11 @@ from bakeoff_bench import payloads, runner
 from bakeoff_bench.config import BenchConfig
 from bakeoff_bench.results import CellResult, RequestError, ServerTimes
 
-MODEL = "clip"
-IMAGE_SHAPE = [3, 8, 8]  # small images keep the test fast; the protocol is the same
-MAX_BATCH = 8
-GPU_USED = (1_500_000_000, 250_000_000)
-# Per successful request the fake server adds these microseconds to its counters.
-US_PER_REQUEST = {"request": 1000, "queue": 100, "input": 50, "infer": 800, "output": 50}
-
-
-@dataclass
-class FakeOipServer:
-    """Just enough of Triton's HTTP API, with counters the tests can read directly."""
-
-    fail_every: int | None = None  # every n-th infer request answers 400
-    ready: bool = True
-    infer_calls: int = 0
-    success: int = 0
-    failure: int = 0
-    inferences: int = 0
-    bodies: dict[int, set[str]] = field(default_factory=dict)  # batch -> body digests
-    url: str = ""
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/v2", self.server_metadata)
-        app.router.add_get("/v2/health/ready", self.health_ready)
-        app.router.add_get(f"/v2/models/{MODEL}", self.model_metadata)
-        app.router.add_get(f"/v2/models/{MODEL}/config", self.model_config)
-        app.router.add_post(f"/v2/models/{MODEL}/infer", self.infer)
-        app.router.add_get("/metrics", self.metrics)
-        return app
-
-    async def server_metadata(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"name": "triton", "version": "2.51.0", "extensions": ["binary_tensor_data"]}
-        )
-
-    async def health_ready(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if self.ready else 503)
-
-    async def model_metadata(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "name": MODEL,
-                "versions": ["1"],
-                "platform": "python",
-                "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, *IMAGE_SHAPE]}],
-                "outputs": [{"name": "embedding", "datatype": "FP32", "shape": [-1, 2]}],
-            }
-        )
-
-    async def model_config(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "name": MODEL,
-                "backend": "python",
-                "max_batch_size": MAX_BATCH,
-                "parameters": {
-                    "runtime": {"string_value": "onnxruntime 1.20 cpu fp32"},
-                    "model_provenance": {"string_value": "sha256:abc"},
-                },
-            }
-        )
-
-    def error(self, message: str) -> web.Response:
-        # Triton sends its error JSON as text/plain.
-        self.failure += 1
-        return web.Response(
-            status=400, text=json.dumps({"error": message}), content_type="text/plain"
-        )
-
-    async def infer(self, request: web.Request) -> web.Response:
-        self.infer_calls += 1
-        body = await request.read()
-        json_end = int(request.headers["Inference-Header-Content-Length"])
-        header = orjson.loads(body[:json_end])
-        tensor = header["inputs"][0]
-        shape = tensor["shape"]
-        size = tensor["parameters"]["binary_data_size"]
-        assert tensor["name"] == "images" and tensor["datatype"] == "FP32"
-        assert size == len(body) - json_end == int(np.prod(shape)) * 4
-        if self.fail_every and self.infer_calls % self.fail_every == 0:
-            return self.error("simulated failure")
-        if shape[0] > MAX_BATCH:
-            return self.error(f"batch size {shape[0]} exceeds {MAX_BATCH}")
-        self.bodies.setdefault(shape[0], set()).add(hashlib.sha256(body).hexdigest())
-        images = np.frombuffer(body[json_end:], dtype="<f4").reshape(shape[0], -1)
-        # The embedding is (mean, first value) per image: parity rows can be checked exactly.
-        embedding = np.stack([images.mean(axis=1), images[:, 0]], axis=1).astype("<f4")
-        self.success += 1
-        self.inferences += shape[0]
-        out_header = orjson.dumps(
-            {
-                "model_name": MODEL,
-                "model_version": "1",
-                "outputs": [
-                    {
-                        "name": "embedding",
-                        "datatype": "FP32",
-                        "shape": list(embedding.shape),
-                        "parameters": {"binary_data_size": embedding.nbytes},
-                    }
-                ],
-            }
-        )
-        return web.Response(
-            body=out_header + embedding.tobytes(),
-            headers={"Inference-Header-Content-Length": str(len(out_header))},
-            content_type="application/octet-stream",
-        )
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        def counter(name: str, help_text: str, value: int) -> str:
-            return (
-                f"# HELP {name} {help_text}\n# TYPE {name} counter\n"
-                f'{name}{{model="{MODEL}",version="1"}} {value}\n'
-            )
-
-        n = self.success
-        text = "".join(
-            [
-                counter("nv_inference_request_success", "Number of successful inference requests, all batch sizes", n),  # noqa: E501
-                counter("nv_inference_request_failure", "Number of failed inference requests, all batch sizes", self.failure),  # noqa: E501
-                counter("nv_inference_count", "Number of inferences performed (does not include cached requests)", self.inferences),  # noqa: E501
-                counter("nv_inference_exec_count", "Number of model executions performed (does not include cached requests)", n),  # noqa: E501
-                counter("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds (includes cached requests)", n * US_PER_REQUEST["request"]),  # noqa: E501
-                counter("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds (includes cached requests)", n * US_PER_REQUEST["queue"]),  # noqa: E501
-                counter("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds (does not include cached requests)", n * US_PER_REQUEST["input"]),  # noqa: E501
-                counter("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds (does not include cached requests)", n * US_PER_REQUEST["infer"]),  # noqa: E501
-                counter("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds (does not include cached requests)", n * US_PER_REQUEST["output"]),  # noqa: E501
-                "# HELP nv_gpu_memory_used_bytes GPU used memory, in bytes\n",
-                "# TYPE nv_gpu_memory_used_bytes gauge\n",
-                f'nv_gpu_memory_used_bytes{{gpu_uuid="GPU-0"}} {GPU_USED[0]}\n',
-                f'nv_gpu_memory_used_bytes{{gpu_uuid="GPU-1"}} {GPU_USED[1]}\n',
-            ]
-        )  # fmt: skip
-        return web.Response(text=text, content_type="text/plain")
-
 
 @pytest.fixture
 async def server() -> AsyncIterator[FakeOipServer]:
-    fake = FakeOipServer()
-    app_runner = web.AppRunner(fake.app(), access_log=None)
-    await app_runner.setup()
-    site = web.TCPSite(app_runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = app_runner.addresses[0][:2]
-    fake.url = f"http://{host}:{port}"
-    yield fake
-    await app_runner.cleanup()
+    async with fake_oip.serving(FakeOipServer()) as fake:
+        yield fake
 
 
 def make_config(url: str, **overrides: Any) -> BenchConfig:
@@ -225,8 +80,9 @@ async def test_end_to_end_counts_exactly_and_excludes_warmup(server: FakeOipServ
     )
     assert batch4.inferences_per_s == pytest.approx(batch4.requests_per_s * 4)
     assert batch4.requests_per_s == pytest.approx(12 / batch4.duration_s)
-    # parity: one request of 3 images; then 35 single, 2 x (3 warm-up + 12 measured).
-    assert server.infer_calls == 1 + 35 + 2 * 15
+    # cold start: one request per batch size (1, 4); parity: one request of 3 images;
+    # then 35 single, 2 x (3 warm-up + 12 measured).
+    assert server.infer_calls == 2 + 1 + 35 + 2 * 15
     assert server.success == server.infer_calls
 
 
@@ -276,11 +132,15 @@ async def test_p99_with_fewer_than_100_samples_is_flagged(server: FakeOipServer)
     assert result.single is not None
     assert result.single.latency.low_sample_percentiles == ["p99"]
     assert any("p99 is based on 30 samples" in note for note in result.notes)
+    assert [f.code.value for f in result.single.flags if f.code.value == "low-samples"] == [
+        "low-samples"
+    ]
     enough = make_config(server.url, single={"requests": 100, "warmup": 0}, batchSweep=None)
     result = await runner.run_bench(enough, lambda _: None)
     assert result.single is not None
     assert result.single.latency.low_sample_percentiles == []
-    assert not any("p99" in note for note in result.notes)
+    assert not any("p99 is based on" in note for note in result.notes)
+    assert "low-samples" not in {f.code.value for f in result.single.flags}
 
 
 async def test_failed_requests_are_recorded_as_data(server: FakeOipServer) -> None:

@@ -169,3 +169,25 @@ def test_summary_of_merged_histograms_of_two_clients() -> None:
     assert summary.low_sample_percentiles == []
     for name in ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "min_ms", "max_ms"):
         assert getattr(summary, name) == pytest.approx(getattr(exact, name), rel=0.01)
+
+
+def test_merging_one_part_is_exact_and_several_parts_keep_exact_count_mean_min_max() -> None:
+    a = stats.summarize_latencies([0.010, 0.011, 0.012])
+    b = stats.summarize_latencies([0.020, 0.030])
+    assert stats.merge_latency_stats([a]) is a
+    merged = stats.merge_latency_stats([a, b, stats.summarize_latencies([])])
+    assert merged.count == 5
+    assert merged.mean_ms == pytest.approx((10 + 11 + 12 + 20 + 30) / 5)
+    assert (merged.min_ms, merged.max_ms) == pytest.approx((10.0, 30.0))
+    assert merged.p50_ms == pytest.approx(12.0, rel=0.01)
+    assert merged.low_sample_percentiles == ["p50", "p95", "p99"]
+    # A bucket middle above the exact maximum is clamped to it.
+    assert merged.p99_ms <= merged.max_ms
+
+
+def test_merging_needs_histograms() -> None:
+    bare = stats.summarize_latencies([0.01], base=None)
+    with pytest.raises(ValueError, match="histogram"):
+        stats.merge_latency_stats([bare, bare])
+    with pytest.raises(ValueError, match="nothing to merge"):
+        stats.merge_latency_stats([])
