@@ -14,7 +14,7 @@ from pydantic import Field
 
 from bakeoff import api
 from bakeoff_bench.models import StrictModel
-from bakeoff_bench.results import CellResult, ScenarioResult
+from bakeoff_bench.results import CellResult, Flag, ScenarioResult
 
 
 class ParityCheck(StrictModel):
@@ -47,6 +47,16 @@ class VerdictRow(StrictModel):
     memory_kind: str | None = None
     cost_per_1k: float | None = None
     cost_per_hour: float = 0.0
+    max_rate_rps: float | None = Field(
+        default=None, description="Highest open-loop rate whose p99 met the SLO"
+    )
+    slo_p99_ms: float | None = None
+    first_request_ms: float | None = Field(
+        default=None, description="Slowest first request of any batch size (cold start)"
+    )
+    flags: list[str] = Field(
+        default_factory=list, description="Every flag of the cell: 'code: where: message'"
+    )
     parity_cosine: float | None = Field(
         default=None, description="Worst cosine vs the reference; None for the reference itself"
     )
@@ -128,8 +138,19 @@ def check_parity(reference: CellResult, other: CellResult, min_cosine: float) ->
     )
 
 
+def cell_flags(result: CellResult) -> list[Flag]:
+    """Every flag of a cell: its own, then each scenario's (tagged with where it arose)."""
+    flags = list(result.flags)
+    for scenario in result.scenario_results():
+        where = f"{scenario.scenario} b={scenario.batch_size} c={scenario.concurrency}"
+        flags += [f.model_copy(update={"message": f"{where}: {f.message}"}) for f in scenario.flags]
+    return flags
+
+
 def best_throughput(result: CellResult) -> ScenarioResult | None:
-    candidates = [s for s in result.batch_sweep if s.requests > 0]
+    """The closed-loop run with the most inferences per second (open-loop rates are capped
+    by what was requested, so they do not count)."""
+    candidates = [s for s in [*result.batch_sweep, *result.concurrency_sweep] if s.requests > 0]
     if result.single is not None and result.single.requests > 0:
         candidates.append(result.single)
     return max(candidates, key=lambda s: s.inferences_per_s, default=None)
@@ -141,8 +162,17 @@ def _row(
     single = result.single
     best = best_throughput(result)
     single_server = single.server if single is not None else None
-    ok = parity is None or parity.passed
-    status = "ok" if ok else f"parity failed: {parity.message if parity else ''}"
+    flags = cell_flags(result)
+    errors = [f for f in flags if f.severity == "error"]
+    ok = (parity is None or parity.passed) and not errors
+    if parity is not None and not parity.passed:
+        status = f"parity failed: {parity.message}"
+    elif errors:
+        status = f"not usable: {errors[0].code.value}: {errors[0].message}"
+    else:
+        status = "ok"
+    firsts = result.cold_start.first_request_ms if result.cold_start else {}
+    max_rate = result.max_rate
     return VerdictRow(
         backend=result.backend,
         pool=result.pool,
@@ -163,6 +193,10 @@ def _row(
         memory_kind=result.memory_kind,
         cost_per_1k=cost_per_1k(pool.cost_per_hour, best.inferences_per_s) if best else None,
         cost_per_hour=pool.cost_per_hour,
+        max_rate_rps=max_rate.requests_per_s if max_rate else None,
+        slo_p99_ms=max_rate.slo_p99_ms if max_rate else None,
+        first_request_ms=max(firsts.values()) if firsts else None,
+        flags=[f"{f.code.value}: {f.message}" for f in flags],
         parity_cosine=parity.min_cosine if parity else None,
         is_reference=is_reference,
     )
@@ -249,6 +283,13 @@ def analyze(
             True,
         ),
         ("memory", "memory_bytes", "bytes", "{row.memory_kind} at the end of the run", True),
+        (
+            "max-rate",
+            "max_rate_rps",
+            "requests/s",
+            "open loop, p99 within {row.slo_p99_ms} ms",
+            False,
+        ),
     ):
         winner = _winner(rows, attr, unit, basis, lowest)
         if winner is not None:

@@ -48,6 +48,7 @@ class InputFormat(StrEnum):
 class BackendKind(StrEnum):
     PYTORCH = "pytorch"
     TRITON_ONNX = "triton-onnx"
+    EXTERNAL = "external"
 
 
 class ExecutionProvider(StrEnum):
@@ -101,6 +102,22 @@ class DynamicBatching(StrictModel):
     )
 
 
+class Endpoint(StrictModel):
+    """An Open Inference Protocol server that already runs: benchmarked as it is."""
+
+    http_url: str = Field(
+        min_length=1, max_length=2048, pattern=r"^https?://",
+        description="Base URL of its KServe v2 HTTP endpoint, e.g. http://triton.ml:8000",
+    )  # fmt: skip
+    metrics_url: str | None = Field(
+        default=None, max_length=2048, pattern=r"^https?://",
+        description="Its Prometheus endpoint with Triton's nv_inference_* metrics, if any",
+    )  # fmt: skip
+    model_name: ModelName | None = Field(
+        default=None, description="Model name it serves; default: spec.model.name"
+    )
+
+
 class Backend(StrictModel):
     name: DnsLabel = Field(description="Unique name of this candidate")
     kind: BackendKind
@@ -111,6 +128,10 @@ class Backend(StrictModel):
     max_batch_size: int = Field(default=32, gt=0, le=1024)
     dynamic_batching: DynamicBatching | None = Field(
         default=None, description="Triton dynamic batching; triton-onnx only"
+    )
+    endpoint: Endpoint | None = Field(default=None, description="kind external only")
+    pools: list[DnsLabel] | None = Field(
+        default=None, max_length=16, description="Measure on these pools only; default: all"
     )
 
 
@@ -148,7 +169,11 @@ class BatchSweepScenario(StrictModel):
 
 class ConcurrencySweepScenario(StrictModel):
     levels: list[Annotated[int, Field(gt=0, le=4096)]] = Field(min_length=1, max_length=32)
+    batch_sizes: list[Annotated[int, Field(gt=0, le=1024)]] = Field(
+        default_factory=lambda: [1], min_length=1, max_length=32
+    )
     requests: int = Field(default=200, gt=0, le=1_000_000, description="Measured per level")
+    warmup: int = Field(default=20, ge=0, le=100_000)
 
 
 class RateScenario(StrictModel):
@@ -156,8 +181,21 @@ class RateScenario(StrictModel):
         min_length=1, max_length=32
     )
     arrival: ArrivalProcess = ArrivalProcess.POISSON
-    slo_p99_ms: float | None = Field(default=None, gt=0)
+    slo_p99_ms: float | None = Field(
+        default=None, gt=0, description="Also search the highest rate whose p99 meets this"
+    )
     duration_seconds: float = Field(default=30, gt=0, le=3600)
+    max_in_flight: int = Field(default=128, gt=0, le=65_536)
+
+
+class SteadyState(StrictModel):
+    """Measure in windows until `consecutive` agree within `tolerance` (DESIGN §2 rule 2)."""
+
+    window_requests: int | None = Field(default=None, gt=0, le=1_000_000)
+    window_seconds: float | None = Field(default=None, gt=0, le=3600)
+    tolerance: float = Field(default=0.10, gt=0, lt=1)
+    consecutive: int = Field(default=3, ge=2, le=20)
+    max_windows: int = Field(default=10, ge=2, le=100)
 
 
 class Scenarios(StrictModel):
@@ -165,6 +203,10 @@ class Scenarios(StrictModel):
     batch_sweep: BatchSweepScenario | None = Field(default_factory=BatchSweepScenario)
     concurrency_sweep: ConcurrencySweepScenario | None = None
     rate: RateScenario | None = None
+    steady_state: SteadyState | None = Field(
+        default=None, description="Window-based measurement for every closed-loop scenario"
+    )
+    workers: int = Field(default=1, ge=1, le=64, description="Client processes for rate runs")
 
 
 class Parity(StrictModel):

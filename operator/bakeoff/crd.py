@@ -109,6 +109,31 @@ CEL_RULES: Final[tuple[tuple[tuple[str, ...], CelRule], ...]] = (
         },
     ),
     (
+        ("spec", "backends", "[]"),
+        {
+            "rule": "(self.kind == 'external') == has(self.endpoint)",
+            "message": "endpoint is required for kind external and applies to it only; set "
+            "endpoint: {httpUrl: ...} on external backends and remove it elsewhere",
+            "fieldPath": ".endpoint",
+        },
+    ),
+    (
+        ("spec",),
+        {
+            "rule": "self.backends.all(b, !has(b.pools) || "
+            "b.pools.all(p, self.nodePools.exists(q, q.name == p)))",
+            "message": "spec.backends[].pools must name pools of spec.nodePools",
+            "fieldPath": ".backends",
+        },
+    ),
+    (
+        ("spec", "scenarios", "steadyState"),
+        {
+            "rule": "has(self.windowRequests) != has(self.windowSeconds)",
+            "message": "steadyState needs exactly one of windowRequests and windowSeconds",
+        },
+    ),
+    (
         ("spec", "backends"),
         {
             "rule": "self.all(b, self.exists_one(c, c.name == b.name))",

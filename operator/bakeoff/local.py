@@ -19,6 +19,7 @@ from typing import Literal
 import psutil
 
 from bakeoff import api, plan
+from bakeoff_bench import client as bench_client
 from bakeoff_bench import config as bench_config
 from bakeoff_bench import runner as bench_runner
 from bakeoff_bench.models import StrictModel
@@ -155,6 +156,42 @@ def backend_command(
     return command, target
 
 
+def _bench(config: bench_config.BenchConfig, progress: Progress) -> CellResult:
+    # The load generator's own event loop (uvloop when installed), as in the benchmark Job.
+    with asyncio.Runner(loop_factory=bench_client.event_loop_factory()) as runner:
+        return runner.run(bench_runner.run_bench(config, progress))
+
+
+def _measure_external(suite: api.BenchmarkSuite, cell: plan.Cell, progress: Progress) -> CellResult:
+    target = plan.external_target(suite, cell.backend)
+    progress(f"measuring the external server at {target.http_url} as it is")
+    result = _bench(plan.build_bench_config(suite, cell, target), progress)
+    result.notes.append("external backend: started and configured outside Bakeoff")
+    return result
+
+
+def _measure_started_backend(
+    suite: api.BenchmarkSuite,
+    cell: plan.Cell,
+    device: str,
+    work_dir: Path,
+    log_path: Path,
+    options: LocalOptions,
+    progress: Progress,
+) -> CellResult:
+    command, target = backend_command(suite, cell.backend, device, work_dir, options.cache_dir)
+    progress(f"starting {cell.backend.kind.value} server (log: {log_path})")
+    with process.running_server(command, log_path, options.ready_timeout_s) as server:
+        progress(f"ready and warm after {server.time_to_ready_s:.1f} s")
+        result = _bench(plan.build_bench_config(suite, cell, target), progress)
+        if result.memory_bytes is None:
+            result.memory_bytes = _process_tree_rss(server.process.pid)
+            result.memory_kind = "host-rss"
+        result.time_to_ready_s = server.time_to_ready_s
+        result.notes.append(f"served on {device} (local run)")
+    return result
+
+
 def run_cell(
     suite: api.BenchmarkSuite,
     cell: plan.Cell,
@@ -172,17 +209,11 @@ def run_cell(
         log_file=str(log_path),
     )
     try:
-        command, target = backend_command(suite, cell.backend, device, work_dir, options.cache_dir)
-        progress(f"starting {cell.backend.kind.value} server (log: {log_path})")
-        with process.running_server(command, log_path, options.ready_timeout_s) as server:
-            progress(f"ready and warm after {server.time_to_ready_s:.1f} s")
-            config = plan.build_bench_config(suite, cell, target)
-            result = asyncio.run(bench_runner.run_bench(config, progress))
-            if result.memory_bytes is None:
-                result.memory_bytes = _process_tree_rss(server.process.pid)
-                result.memory_kind = "host-rss"
-            result.time_to_ready_s = server.time_to_ready_s
-            result.notes.append(f"served on {device} (local run)")
+        if cell.backend.kind is api.BackendKind.EXTERNAL:
+            result = _measure_external(suite, cell, progress)
+        else:
+            result = _measure_started_backend(suite, cell, device, work_dir, log_path, options,
+                                              progress)  # fmt: skip
     except (process.ServerStartError, bench_runner.BenchError, OSError, ValueError) as error:
         outcome.phase = api.CellPhase.FAILED
         outcome.message = str(error)

@@ -251,13 +251,32 @@ def backend_target(suite: api.BenchmarkSuite, cell: plan.Cell) -> bench_config.T
     )
 
 
+def backend_images(cell: plan.Cell, settings: OperatorSettings) -> dict[str, str]:
+    """The images a cell's backend runs, by role (none for an external backend)."""
+    gpu = uses_gpu(cell.pool, settings)
+    if cell.backend.kind is api.BackendKind.PYTORCH:
+        return {"SERVER": settings.pytorch_image if gpu else settings.cpu_mock_image}
+    if cell.backend.kind is api.BackendKind.TRITON_ONNX:
+        return {
+            "SERVER": settings.triton_image if gpu else settings.cpu_mock_image,
+            "MODEL_PREP": settings.model_prep_image if gpu else settings.cpu_mock_image,
+        }
+    return {}
+
+
 def build_bench_job(
-    suite: api.BenchmarkSuite, uid: str, cell: plan.Cell, settings: OperatorSettings
+    suite: api.BenchmarkSuite,
+    uid: str,
+    cell: plan.Cell,
+    settings: OperatorSettings,
+    server_node: str | None = None,
 ) -> Manifest:
     """The benchmark Job: in-cluster, never on the node of the backend it measures."""
     name_args = (suite.metadata.name, cell.backend.name, cell.pool.name)
     labels = naming.cell_labels(*name_args, naming.COMPONENT_BENCH)
-    bench = plan.build_bench_config(suite, cell, backend_target(suite, cell))
+    external = cell.backend.kind is api.BackendKind.EXTERNAL
+    target = plan.external_target(suite, cell.backend) if external else backend_target(suite, cell)
+    bench = plan.build_bench_config(suite, cell, target)
     result_labels = naming.cell_labels(*name_args, naming.COMPONENT_RESULT)
     owner = json.dumps(owner_reference(suite, uid, block=False))
     namespace_ref = {"fieldRef": {"fieldPath": "metadata.namespace"}}
@@ -269,7 +288,13 @@ def build_bench_job(
         {"name": "BAKEOFF_RESULT_OWNER", "value": owner},
         {"name": "BAKEOFF_NAMESPACE", "valueFrom": namespace_ref},
         {"name": "BAKEOFF_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        # Recorded in the result's environment: which images produced the numbers.
+        {"name": "BAKEOFF_IMAGE_BENCH", "value": settings.bench_image},
+        *[{"name": f"BAKEOFF_IMAGE_{role}", "value": image}
+          for role, image in backend_images(cell, settings).items()],
     ]  # fmt: skip
+    if server_node:
+        env.append({"name": "BAKEOFF_SERVER_NODE", "value": server_node})
     container = _container(
         "bench", settings.bench_image, ["--config-env", "BAKEOFF_BENCH_CONFIG", "--publish"],
         env=env,

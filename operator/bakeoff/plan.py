@@ -23,8 +23,13 @@ class Cell:
 
 
 def plan_cells(spec: api.BenchmarkSuiteSpec) -> list[Cell]:
-    """Every backend on every pool, in the suite's order (pools outer, backends inner)."""
-    return [Cell(backend, pool) for pool in spec.node_pools for backend in spec.backends]
+    """Every backend on each of its pools, in the suite's order (pools outer, backends inner)."""
+    return [
+        Cell(backend, pool)
+        for pool in spec.node_pools
+        for backend in spec.backends
+        if backend.pools is None or pool.name in backend.pools
+    ]
 
 
 def parity_reference(spec: api.BenchmarkSuiteSpec) -> str:
@@ -43,27 +48,47 @@ def image_size(spec: api.BenchmarkSuiteSpec) -> int:
     return BUILTIN_MODELS[spec.model.source.builtin.value].image_size
 
 
+def _steady(spec: api.BenchmarkSuiteSpec) -> bench_config.SteadyState | None:
+    steady = spec.scenarios.steady_state
+    if steady is None:
+        return None
+    return bench_config.SteadyState.model_validate(steady.model_dump())
+
+
 def build_bench_config(
     suite: api.BenchmarkSuite, cell: Cell, target: bench_config.Target
 ) -> bench_config.BenchConfig:
     """The load generator's input for one cell: the same scenarios for every backend."""
     scenarios = suite.spec.scenarios
-    single = (
-        bench_config.SingleScenario(
+    single = sweep = concurrency = rate = None
+    if scenarios.single is not None:
+        single = bench_config.SingleScenario(
             requests=scenarios.single.requests, warmup=scenarios.single.warmup
         )
-        if scenarios.single is not None
-        else None
-    )
-    sweep = (
-        bench_config.BatchSweepScenario(
+    if scenarios.batch_sweep is not None:
+        sweep = bench_config.BatchSweepScenario(
             batch_sizes=list(scenarios.batch_sweep.batch_sizes),
             requests=scenarios.batch_sweep.requests,
             warmup=scenarios.batch_sweep.warmup,
         )
-        if scenarios.batch_sweep is not None
-        else None
-    )
+    if scenarios.concurrency_sweep is not None:
+        concurrency = bench_config.ConcurrencySweepScenario(
+            levels=list(scenarios.concurrency_sweep.levels),
+            batch_sizes=list(scenarios.concurrency_sweep.batch_sizes),
+            requests=scenarios.concurrency_sweep.requests,
+            warmup=scenarios.concurrency_sweep.warmup,
+        )
+    if scenarios.rate is not None:
+        rate = bench_config.RateScenario(
+            requests_per_second=list(scenarios.rate.requests_per_second),
+            arrival=bench_config.Arrival(scenarios.rate.arrival.value),
+            duration_seconds=scenarios.rate.duration_seconds,
+            slo_p99_ms=scenarios.rate.slo_p99_ms,
+            max_in_flight=scenarios.rate.max_in_flight,
+            max_rate_search=(
+                bench_config.MaxRateSearch() if scenarios.rate.slo_p99_ms is not None else None
+            ),
+        )
     return bench_config.BenchConfig(
         suite=suite.metadata.name,
         backend=cell.backend.name,
@@ -71,15 +96,19 @@ def build_bench_config(
         target=target,
         single=single,
         batch_sweep=sweep,
+        concurrency_sweep=concurrency,
+        rate=rate,
+        steady_state=_steady(suite.spec),
+        workers=scenarios.workers,
         seed=suite.spec.model.seed,
     )
 
 
-def unimplemented_scenarios(spec: api.BenchmarkSuiteSpec) -> list[str]:
-    """Scenarios the API accepts that this version does not run yet (said, never hidden)."""
-    names = []
-    if spec.scenarios.concurrency_sweep is not None:
-        names.append("concurrencySweep")
-    if spec.scenarios.rate is not None:
-        names.append("rate")
-    return names
+def external_target(suite: api.BenchmarkSuite, backend: api.Backend) -> bench_config.Target:
+    """Where an external backend answers (the same from a laptop and from a Job)."""
+    assert backend.endpoint is not None  # validation.check_suite guarantees it
+    return bench_config.Target(
+        http_url=backend.endpoint.http_url.rstrip("/"),
+        metrics_url=backend.endpoint.metrics_url,
+        model_name=backend.endpoint.model_name or suite.spec.model.name,
+    )

@@ -145,6 +145,21 @@ def _cleanup(
     return deletes
 
 
+def _benchmark_job(
+    suite: api.BenchmarkSuite,
+    uid: str,
+    cell: plan.Cell,
+    settings: OperatorSettings,
+    server_node: str | None,
+) -> list[manifests.Manifest]:
+    """The Job and, first, the identity it publishes its result with."""
+    namespace = suite.metadata.namespace or "default"
+    return [
+        *manifests.build_bench_rbac(namespace),
+        manifests.build_bench_job(suite, uid, cell, settings, server_node=server_node),
+    ]
+
+
 def plan_cell(
     suite: api.BenchmarkSuite,
     uid: str,
@@ -207,6 +222,13 @@ def plan_cell(
                 node=node,
             )
         return decide(api.CellPhase.BENCHMARKING, f"benchmark Job {job.name} running", node=node)
+    if cell.backend.kind is api.BackendKind.EXTERNAL:
+        # Already running elsewhere: nothing to deploy, the benchmark starts when its turn comes.
+        if not may_start:
+            return decide(api.CellPhase.PENDING, f"waiting for pool '{cell.pool.name}' to be free")
+        decision = decide(api.CellPhase.BENCHMARKING, "benchmarking the external endpoint")
+        decision.creates += _benchmark_job(suite, uid, cell, settings, server_node=None)
+        return decision
     if deployment is not None:
         ready = deployment.ready_replicas > 0 and any(p.ready for p in deployment.pods)
         if ready:
@@ -214,9 +236,7 @@ def plan_cell(
                 api.CellPhase.BENCHMARKING, f"backend ready on {node}; benchmark started",
                 node=node,
             )  # fmt: skip
-            namespace = suite.metadata.namespace or "default"
-            decision.creates += manifests.build_bench_rbac(namespace)
-            decision.creates.append(manifests.build_bench_job(suite, uid, cell, settings))
+            decision.creates += _benchmark_job(suite, uid, cell, settings, server_node=node)
             return decision
         waited = _seconds(now, deployment.created_at)
         reason = explain_not_ready(deployment, cell.pool)

@@ -9,16 +9,18 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from bakeoff.analysis import Verdict, VerdictRow
-from bakeoff_bench.results import CellResult
+from bakeoff_bench.results import CellResult, ScenarioResult
 
 CATEGORY_TITLES = {
     "latency": "Single-image latency (p50)",
     "throughput": "Throughput",
     "cost": "Cost per 1000 inferences",
     "memory": "Memory",
+    "max-rate": "Highest rate under the p99 SLO",
 }
 
 
@@ -107,137 +109,207 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(out)
 
 
-def sweep_rows(results: Sequence[CellResult]) -> tuple[list[str], list[list[str]]]:
-    header = [
-        "backend",
-        "pool",
-        "batch",
-        "requests",
-        "img/s",
-        "p50 ms",
-        "p99 ms",
-        "server queue ms",
-        "server compute ms",
-        "failed",
-    ]
+Table = tuple[list[str], list[list[str]]]
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the report; Markdown and HTML render the same sections."""
+
+    title: str
+    table: Table | None = None
+    items: tuple[str, ...] = ()
+    empty: str = ""
+    plots: bool = False
+
+
+def _scenario_row(result: CellResult, s: ScenarioResult) -> list[str]:
+    flag = "" if s.stable is not False else " (unstable)"
+    return [
+        result.backend, result.pool, str(s.batch_size), str(s.concurrency),
+        f"{s.requests} (+{s.failed} failed)" if s.failed else str(s.requests),
+        f"{s.inferences_per_s:.1f}{flag}", f"{s.latency.p50_ms:.2f}", f"{s.latency.p99_ms:.2f}",
+        _num(s.server.queue_ms if s.server else None),
+        _num(s.server.compute_ms if s.server else None),
+    ]  # fmt: skip
+
+
+SCENARIO_HEADER = ["backend", "pool", "batch", "in flight", "requests", "img/s", "p50 ms",
+                   "p99 ms", "server queue ms", "server compute ms"]  # fmt: skip
+
+
+def sweep_rows(results: Sequence[CellResult]) -> Table:
+    return SCENARIO_HEADER, [_scenario_row(r, s) for r in results for s in r.batch_sweep]
+
+
+def concurrency_rows(results: Sequence[CellResult]) -> Table:
+    return SCENARIO_HEADER, [_scenario_row(r, s) for r in results for s in r.concurrency_sweep]
+
+
+def rate_rows(results: Sequence[CellResult]) -> Table:
+    header = ["backend", "pool", "requested/s", "achieved/s", "p50 ms", "p99 ms",
+              "schedule lag p99 ms", "late", "dropped", "SLO met"]  # fmt: skip
     rows = []
     for result in results:
-        for s in result.batch_sweep:
-            rows.append(
-                [
-                    result.backend,
-                    result.pool,
-                    str(s.batch_size),
-                    str(s.requests),
-                    f"{s.inferences_per_s:.1f}",
-                    f"{s.latency.p50_ms:.2f}",
-                    f"{s.latency.p99_ms:.2f}",
-                    _num(s.server.queue_ms if s.server else None),
-                    _num(s.server.compute_ms if s.server else None),
-                    str(s.failed),
-                ]
-            )
+        for s in result.rate:
+            loop = s.open_loop
+            if loop is None:
+                continue
+            dropped = loop.dropped_max_in_flight + loop.dropped_at_end
+            rows.append([
+                result.backend, result.pool, f"{loop.requested_requests_per_s:.1f}",
+                f"{loop.achieved_requests_per_s:.1f}", f"{s.latency.p50_ms:.2f}",
+                f"{s.latency.p99_ms:.2f}", f"{loop.schedule_lag.p99_ms:.2f}", str(loop.late),
+                str(dropped), {True: "yes", False: "no", None: "-"}[loop.slo_met],
+            ])  # fmt: skip
     return header, rows
 
 
-def methodology(results: Sequence[CellResult]) -> list[str]:
-    lines = [
-        "Every backend got the same seeded FP32 input tensors over the same protocol (KServe v2 "
-        "HTTP with binary tensor data) from the same load generator.",
-        "Warm-up requests are sent first and never measured; server-side queue and compute "
-        "times are the difference of the server's Triton metrics over exactly the measured "
-        "window.",
-        "Cost per 1000 inferences = price per hour / (3600 x inferences per second) x 1000, at "
-        "the batch size with the highest throughput.",
-        "Parity: each backend's outputs for seeded images are compared with the reference "
-        "backend's (cosine similarity); a backend below minCosine cannot win.",
-    ]
+def cold_start_rows(results: Sequence[CellResult]) -> Table:
+    sizes = sorted({b for r in results if r.cold_start for b in r.cold_start.first_request_ms})
+    header = ["backend", "pool", "ready after s", *[f"first b={b} ms" for b in sizes]]
+    rows = []
     for result in results:
-        provenance = result.server.model_provenance or "unknown"
-        lines.append(
-            f"{result.backend}/{result.pool}: server {result.server.name} "
-            f"{result.server.version}, runtime {result.server.runtime or 'unknown'}; model "
-            f"{provenance}; ready after {_num(result.time_to_ready_s, '.1f')} s"
+        firsts = result.cold_start.first_request_ms if result.cold_start else {}
+        rows.append([result.backend, result.pool, _num(result.time_to_ready_s, ".1f"),
+                     *[_num(firsts.get(b)) for b in sizes]])  # fmt: skip
+    return header, rows
+
+
+def max_rate_items(results: Sequence[CellResult]) -> list[str]:
+    items = []
+    for result in results:
+        found = result.max_rate
+        if found is None:
+            continue
+        rate = _num(found.requests_per_s, ".1f")
+        items.append(
+            f"{result.backend}/{result.pool}: {rate} requests/s with p99 within "
+            f"{found.slo_p99_ms} ms ({len(found.trials)} trials from {found.start_basis})"
+            + (f"; {found.message}" if found.message else "")
         )
-        lines += [f"{result.backend}/{result.pool}: {note}" for note in result.notes]
-    return lines
+    return items
+
+
+def environment_items(results: Sequence[CellResult]) -> list[str]:
+    items = []
+    for r in results:
+        env = r.environment
+        gpu = f"{env.gpu_model} x{env.gpu_count}" if env.gpu_count else "no GPU"
+        items.append(
+            f"{r.backend}/{r.pool}: server {r.server.name} {r.server.version}, runtime "
+            f"{r.server.runtime or 'unknown'}; model {r.server.model_provenance or 'unknown'}; "
+            f"{gpu}, driver {env.gpu_driver or '-'}, CUDA {env.cuda_version or '-'}; client "
+            f"{env.client_cpu} ({env.client_cores} cores) on {env.node or env.hostname}"
+            f"{', server node ' + env.server_node if env.server_node else ''}; seed {r.seed}"
+        )
+    return items
+
+
+def methodology() -> list[str]:
+    return [
+        "Same inputs: every backend got the same seeded FP32 tensors, as KServe v2 HTTP with "
+        "binary tensor data, from the same load generator.",
+        "Phases kept apart: time to ready and each batch size's first request are cold start; "
+        "warm-up requests follow and are never measured.",
+        "Server queue and compute times are the difference of the server's Triton metrics "
+        "over exactly the measured window.",
+        "Percentiles carry their sample counts; a p99 from fewer than 100 samples is flagged.",
+        "Steady state (when configured): windows are measured until 3 consecutive ones agree "
+        "on throughput and p50 within the tolerance, else the result is marked unstable.",
+        "Open-loop runs time latency from each request's scheduled send (no coordinated "
+        "omission) and report requested vs achieved rate, schedule lag and dropped requests.",
+        "Cost per 1000 inferences = price per hour / (3600 x inferences per second) x 1000, at "
+        "the closed-loop run with the highest throughput.",
+        "Parity: each backend's outputs for seeded images are compared with the reference "
+        "backend's (cosine); a backend below minCosine, or with an error flag, cannot win.",
+    ]
+
+
+def flag_items(verdict: Verdict) -> list[str]:
+    items = [f"{r.backend}/{r.pool}: {flag}" for r in verdict.rows for flag in r.flags]
+    items += [f"{r.backend}/{r.pool}: {r.status}" for r in verdict.rows if not r.ok]
+    return items + list(verdict.notes)
+
+
+def parity_items(verdict: Verdict) -> list[str]:
+    return [
+        f"{p.backend}/{p.pool} vs {p.reference}: cosine {_num(p.min_cosine, '.6f')}, max abs "
+        f"error {_num(p.max_abs_error, '.2e')}: {'passed' if p.passed else 'FAILED'}"
+        + (f" ({p.message})" if p.message else "")
+        for p in verdict.parity
+    ]
+
+
+def report_sections(verdict: Verdict, results: Sequence[CellResult]) -> list[Section]:
+    winners = tuple(line.strip() for line in render_winners(verdict) if line.startswith("  "))
+    return [
+        Section("Verdict", table=table_rows(verdict), items=winners),
+        Section("Flags", items=tuple(flag_items(verdict)), empty="No flags: every number "
+                "passed the checks listed under Methodology."),
+        Section("Throughput and latency per batch size", table=sweep_rows(results),
+                empty="No batch sweep was run."),
+        Section("Capacity: concurrency sweep", table=concurrency_rows(results),
+                empty="No concurrency sweep was run."),
+        Section("Open-loop rates", table=rate_rows(results), items=tuple(max_rate_items(results)),
+                empty="No open-loop rate was run."),
+        Section("Cold start", table=cold_start_rows(results)),
+        Section("Plots", plots=True),
+        Section("Parity", items=tuple(parity_items(verdict)),
+                empty="Only the reference backend ran; nothing to compare."),
+        Section("Methodology", items=tuple(methodology())),
+        Section("Environment", items=tuple(environment_items(results))),
+    ]  # fmt: skip
 
 
 def render_markdown(verdict: Verdict, results: Sequence[CellResult], plots: Sequence[str]) -> str:
-    header, rows = table_rows(verdict)
-    sweep_header, sweep = sweep_rows(results)
-    parts = [
-        f"# Bake-off report: {verdict.suite}",
-        "",
-        "## Verdict",
-        "",
-        _markdown_table(header, rows),
-        "",
-        *[f"- {line.strip()}" for line in render_winners(verdict) if line.startswith("  ")],
-        "",
-        "## Throughput and latency per batch size",
-        "",
-        _markdown_table(sweep_header, sweep) if sweep else "No batch sweep was run.",
-        "",
-        "## Plots",
-        "",
-        *[f"![{Path(p).stem}]({p})" for p in plots],
-        "",
-        "## Parity",
-        "",
-    ]
-    if verdict.parity:
-        parts += [
-            f"- {p.backend}/{p.pool} vs {p.reference}: cosine {_num(p.min_cosine, '.6f')}, "
-            f"max abs error {_num(p.max_abs_error, '.2e')}: {'passed' if p.passed else 'FAILED'}"
-            f"{' (' + p.message + ')' if p.message else ''}"
-            for p in verdict.parity
-        ]
-    else:
-        parts.append("- only the reference backend ran; nothing to compare")
-    parts += ["", "## Methodology", "", *[f"- {line}" for line in methodology(results)]]
-    flags = [
-        f"{r.backend}/{r.pool}: p99 from {r.single_samples} samples (fewer than 100)"
-        for r in verdict.rows
-        if "p99" in r.single_low_sample
-    ] + verdict.notes
-    parts += ["", "### Flags", ""] + ([f"- {f}" for f in flags] if flags else ["- none"])
-    return "\n".join(parts) + "\n"
+    parts = [f"# Bake-off report: {verdict.suite}"]
+    for section in report_sections(verdict, results):
+        parts += ["", f"## {section.title}", ""]
+        has_rows = section.table is not None and section.table[1]
+        if has_rows and section.table is not None:
+            parts += [_markdown_table(*section.table), ""]
+        parts += [f"- {item}" for item in section.items]
+        if section.plots:
+            parts += [f"![{Path(p).stem}]({p})" for p in plots]
+        if not has_rows and not section.items and not section.plots and section.empty:
+            parts.append(section.empty)
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _html_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table[1]
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def render_html(verdict: Verdict, results: Sequence[CellResult], plot_files: Sequence[Path]) -> str:
-    header, rows = table_rows(verdict)
-    sweep_header, sweep = sweep_rows(results)
-
-    def table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-        cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-        lines = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body
-        )
-        return f"<table><thead><tr>{cells}</tr></thead><tbody>{lines}</tbody></table>"
-
-    images = "".join(
-        f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}"/></figure>'
-        for p in plot_files
-    )
-    winners = "".join(
-        f"<li>{html.escape(line.strip())}</li>"
-        for line in render_winners(verdict)
-        if line.startswith("  ")
-    )
-    method = "".join(f"<li>{html.escape(line)}</li>" for line in methodology(results))
+    body = [f"<h1>Bake-off report: {html.escape(verdict.suite)}</h1>"]
+    for section in report_sections(verdict, results):
+        body.append(f"<h2>{html.escape(section.title)}</h2>")
+        has_rows = section.table is not None and section.table[1]
+        if has_rows and section.table is not None:
+            body.append(_html_table(section.table))
+        if section.items:
+            body.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in section.items)
+                        + "</ul>")  # fmt: skip
+        if section.plots:
+            body += [
+                f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
+                f'{base64.b64encode(p.read_bytes()).decode()}"/></figure>'
+                for p in plot_files
+            ]
+        if not has_rows and not section.items and not section.plots and section.empty:
+            body.append(f"<p>{html.escape(section.empty)}</p>")
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>Bake-off report: {html.escape(verdict.suite)}</title><style>"
         "body{font-family:sans-serif;margin:2em;max-width:1200px}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
         "padding:4px 8px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
-        "</style></head><body>"
-        f"<h1>Bake-off report: {html.escape(verdict.suite)}</h1>"
-        f"<h2>Verdict</h2>{table(header, rows)}<ul>{winners}</ul>"
-        f"<h2>Per batch size</h2>{table(sweep_header, sweep)}"
-        f"<h2>Plots</h2>{images}<h2>Methodology</h2><ul>{method}</ul></body></html>\n"
+        "</style></head><body>" + "".join(body) + "</body></html>\n"
     )
 
 

@@ -213,6 +213,19 @@ def check_suite(suite: api.BenchmarkSuite) -> list[Problem]:
                         "keep preferred batch sizes at or below maxBatchSize",
                     )
                 )
+    pool_names = [p.name for p in spec.node_pools]
+    for index, backend in enumerate(spec.backends):
+        problems += _backend_placement_problems(index, backend, pool_names)
+    steady = spec.scenarios.steady_state
+    if steady is not None:
+        if (steady.window_requests is None) == (steady.window_seconds is None):
+            problems.append(Problem("spec.scenarios.steadyState",
+                "needs exactly one of windowRequests and windowSeconds",
+                "e.g. steadyState: {windowRequests: 200}"))  # fmt: skip
+        if steady.consecutive > steady.max_windows:
+            problems.append(Problem("spec.scenarios.steadyState.consecutive",
+                f"consecutive ({steady.consecutive}) exceeds maxWindows ({steady.max_windows})",
+                "raise maxWindows or lower consecutive"))  # fmt: skip
     if sweep is not None and len(set(sweep.batch_sizes)) != len(sweep.batch_sizes):
         problems.append(
             Problem(
@@ -242,6 +255,46 @@ def check_suite(suite: api.BenchmarkSuite) -> list[Problem]:
                     "select the pool's nodes, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}",
                 )
             )
+    return problems
+
+
+def _backend_placement_problems(
+    index: int, backend: api.Backend, pool_names: list[str]
+) -> list[Problem]:
+    """Rules of kind external and of a backend limited to some pools."""
+    at = f"spec.backends[{index}]"
+    problems = []
+    external = backend.kind is api.BackendKind.EXTERNAL
+    if external and backend.endpoint is None:
+        problems.append(Problem(f"{at}.endpoint", "kind external needs an endpoint",
+            "set endpoint: {httpUrl: http://HOST:8000, metricsUrl: http://HOST:8002/metrics}",
+        ))  # fmt: skip
+    if not external and backend.endpoint is not None:
+        problems.append(Problem(f"{at}.endpoint", "endpoint applies to kind external only",
+                                "remove it, or set kind: external"))  # fmt: skip
+    if external and backend.execution_provider is not None:
+        problems.append(Problem(f"{at}.executionProvider",
+            "an external backend is measured as it is; Bakeoff does not configure it",
+            "remove executionProvider"))  # fmt: skip
+    if external and backend.dynamic_batching is not None:
+        problems.append(Problem(f"{at}.dynamicBatching",
+            "an external backend is measured as it is; Bakeoff does not configure it",
+            "remove dynamicBatching"))  # fmt: skip
+    for pool_index, pool in enumerate(backend.pools or []):
+        if pool not in pool_names:
+            close = difflib.get_close_matches(pool, pool_names, n=1)
+            hint = (
+                f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(pool_names)}"
+            )
+            problems.append(Problem(f"{at}.pools[{pool_index}]", f"no pool named '{pool}'", hint))
+    if backend.pools is not None and not backend.pools:
+        problems.append(
+            Problem(
+                f"{at}.pools",
+                "an empty list measures this backend nowhere",
+                "list at least one pool, or remove pools to use every pool",
+            )
+        )
     return problems
 
 

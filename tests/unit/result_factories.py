@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from bakeoff_bench.results import (
     CellResult,
     Environment,
+    Flag,
+    FlagCode,
     LatencyStats,
     ScenarioResult,
     ServerInfo,
@@ -39,6 +41,15 @@ def scenario(
         requests_per_s=images_per_s / batch,
         inferences_per_s=images_per_s,
         latency=latency(p50, count),
+        flags=[
+            Flag(
+                code=FlagCode.LOW_SAMPLES,
+                severity="warning",
+                message=f"p99 is based on {count} samples (fewer than 100)",
+            )
+        ]
+        if count < 100
+        else [],
         server=ServerTimes(
             requests=count,
             inferences=count * batch,

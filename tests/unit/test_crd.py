@@ -400,6 +400,9 @@ def test_a_full_status_from_the_model_is_accepted(schema: Schema) -> None:
 
 # (where the rule sits, a fragment of its expression): one per rule of check_suite.
 EXPECTED_RULES = {
+    "endpoint iff external": ("spec.backends[]", "(self.kind == 'external') == has(self.endpoint)"),
+    "backend pools exist": ("spec", "b.pools.all(p, self.nodePools.exists(q, q.name == p))"),
+    "steady state window": ("spec.scenarios.steadyState", "has(self.windowRequests) !="),
     "spec is immutable": ("spec", "self == oldSelf"),
     "unique backend names": ("spec.backends", "self.exists_one(c, c.name == b.name)"),
     "unique pool names": ("spec.nodePools", "self.exists_one(q, q.name == p.name)"),

@@ -46,9 +46,23 @@ def test_bench_config_carries_the_suite_scenarios_and_seed() -> None:
     assert config.seed == MOCK.spec.model.seed
 
 
-def test_unimplemented_scenarios_are_named() -> None:
-    assert plan.unimplemented_scenarios(STUDY.spec) == ["concurrencySweep", "rate"]
-    assert plan.unimplemented_scenarios(MOCK.spec) == []
+def test_every_scenario_of_the_suite_reaches_the_load_generator() -> None:
+    cell = plan.plan_cells(STUDY.spec)[0]
+    target = Target(http_url="http://127.0.0.1:1", model_name="openclip-vit-b32")
+    config = plan.build_bench_config(STUDY, cell, target)
+    assert config.concurrency_sweep is not None and config.concurrency_sweep.levels == [1, 4, 16]
+    assert config.rate is not None and config.rate.requests_per_second == [50, 100]
+    assert config.rate.arrival.value == "poisson"
+    assert config.rate.slo_p99_ms == 50 and config.rate.max_rate_search is not None
+
+
+def test_a_backend_limited_to_some_pools_gets_cells_there_only() -> None:
+    backends = [b.model_copy(update={"pools": ["a100"]}) if b.name == "triton-onnx-trt" else b
+                for b in STUDY.spec.backends]  # fmt: skip
+    spec = STUDY.spec.model_copy(update={"backends": backends})
+    keys = [c.key for c in plan.plan_cells(spec)]
+    assert "triton-onnx-trt-a100" in keys and "triton-onnx-trt-rtx4080" not in keys
+    assert len(keys) == 5
 
 
 @pytest.mark.parametrize(

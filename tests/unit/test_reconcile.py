@@ -316,3 +316,36 @@ def test_condition_transition_time_moves_only_on_change() -> None:
     later = reconcile.plan_suite(suite(first.status), UID, Observed(), T0 + timedelta(60), SETTINGS)
     validated = next(c for c in later.status.conditions if c.type == "Validated")
     assert validated.last_transition_time == T0
+
+
+def test_an_external_backend_is_benchmarked_without_deploying_anything() -> None:
+    external = api.Backend(
+        name="prod-triton", kind=api.BackendKind.EXTERNAL, pools=["a100"],
+        endpoint=api.Endpoint(http_url="http://triton.ml:8000",
+                              metrics_url="http://triton.ml:8002/metrics"),
+    )  # fmt: skip
+    spec_suite = suite(backends=[external], parity=api.Parity())
+    plan = reconcile.plan_suite(spec_suite, UID, Observed(), T0, SETTINGS)
+    assert [k for k in kinds(plan) if k[0] in ("Deployment", "Service")] == []
+    assert ("Job", "clip-vitb32-prod-triton-a100-bench") in kinds(plan)
+    assert [(c.backend, c.pool) for c in plan.status.cells] == [("prod-triton", "a100")]
+    job = next(m for m in plan.creates if m["kind"] == "Job")
+    env = {
+        e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert '"httpUrl":"http://triton.ml:8000"' in env["BAKEOFF_BENCH_CONFIG"]
+    assert "BAKEOFF_SERVER_NODE" not in env
+
+
+def test_the_job_of_a_deployed_backend_knows_the_backend_node_and_images() -> None:
+    observed = Observed(
+        deployments={"clip-vitb32-pytorch-a100": ready_deployment("pytorch", "a100")}
+    )
+    plan = reconcile.plan_suite(suite(), UID, observed, T0, SETTINGS)
+    job = next(m for m in plan.creates if m["kind"] == "Job")
+    env = {
+        e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["BAKEOFF_SERVER_NODE"] == "a100-0"
+    assert env["BAKEOFF_IMAGE_SERVER"] == SETTINGS.pytorch_image
+    assert env["BAKEOFF_IMAGE_BENCH"] == SETTINGS.bench_image

@@ -32,7 +32,7 @@ def test_low_sample_p99_is_flagged_everywhere() -> None:
     verdict, results = verdict_and_results(single_count=30)
     assert "! p99 from fewer than 100 samples" in report.render_table(verdict)
     markdown = report.render_markdown(verdict, results, [])
-    assert "p99 from 30 samples (fewer than 100)" in markdown
+    assert "- pytorch/cpu-mock: low-samples: single b=1 c=1: p99 is based on 30 samples" in markdown
 
 
 def test_write_report_produces_markdown_html_and_plots(tmp_path: Path) -> None:
@@ -44,7 +44,18 @@ def test_write_report_produces_markdown_html_and_plots(tmp_path: Path) -> None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (tmp_path / "report.md").read_text()
     assert "![batch-sweep](plots/batch-sweep.png)" in markdown
-    assert "## Methodology" in markdown
+    for title in (
+        "Verdict",
+        "Flags",
+        "Throughput and latency per batch size",
+        "Cold start",
+        "Plots",
+        "Parity",
+        "Methodology",
+        "Environment",
+    ):
+        assert f"## {title}" in markdown, title
+        assert f"<h2>{title}</h2>" in (tmp_path / "report.html").read_text(), title
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2
     assert (tmp_path / "summary.json").exists()

@@ -44,7 +44,7 @@ CASES = [
         "spec.backends.0.kind",
         "tensorflow",
         "spec.backends[0].kind",
-        "'pytorch' or 'triton-onnx'",
+        "'pytorch', 'triton-onnx' or 'external'",
     ),
     (
         "unknown-provider",
@@ -150,6 +150,55 @@ CASES = [
         "less than or equal to 1",
     ),
     ("bad-cleanup", "spec.cleanup.policy", "Sometimes", "spec.cleanup.policy", "'OnSuccess'"),
+    (
+        "external-without-endpoint",
+        "spec.backends.0.kind",
+        "external",
+        "spec.backends[0].endpoint",
+        "kind external needs an endpoint",
+    ),
+    (
+        "endpoint-on-pytorch",
+        "spec.backends.0.endpoint",
+        {"httpUrl": "http://x:8000"},
+        "spec.backends[0].endpoint",
+        "kind external only",
+    ),
+    (
+        "endpoint-not-a-url",
+        "spec.backends.0.endpoint",
+        {"httpUrl": "x:8000"},
+        "spec.backends[0].endpoint.httpUrl",
+        "pattern",
+    ),
+    (
+        "unknown-pool-for-backend",
+        "spec.backends.0.pools",
+        ["a10"],
+        "spec.backends[0].pools[0]",
+        "no pool named 'a10'",
+    ),
+    (
+        "empty-pools-for-backend",
+        "spec.backends.0.pools",
+        [],
+        "spec.backends[0].pools",
+        "measures this backend nowhere",
+    ),
+    (
+        "steady-state-without-window",
+        "spec.scenarios.steadyState",
+        {"tolerance": 0.05},
+        "spec.scenarios.steadyState",
+        "exactly one of windowRequests and windowSeconds",
+    ),
+    (
+        "zero-workers",
+        "spec.scenarios.workers",
+        0,
+        "spec.scenarios.workers",
+        "greater than or equal to 1",
+    ),
 ]
 
 
