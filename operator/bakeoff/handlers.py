@@ -16,7 +16,7 @@ import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from bakeoff import api, kube, reconcile, validation
+from bakeoff import api, kube, metrics, reconcile, validation
 from bakeoff.settings import get_settings
 
 GROUP, VERSION, PLURAL = api.API_GROUP, api.API_VERSION, "benchmarksuites"
@@ -47,6 +47,7 @@ def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.INFO
     kube_client()
+    metrics.start_exporter()  # BAKEOFF_METRICS_PORT, default 8080; 0 disables
 
 
 def _suite_document(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,6 +84,12 @@ def _suite_lock(uid: str) -> threading.Lock:
 
 
 def reconcile_suite(body: kopf.Body, logger: kopf.Logger) -> None:
+    """Reconcile once, timed and counted for /metrics (see `_reconcile_suite`)."""
+    with metrics.reconciling(invalid=(kopf.PermanentError,)):
+        _reconcile_suite(body, logger)
+
+
+def _reconcile_suite(body: kopf.Body, logger: kopf.Logger) -> None:
     """Plan from a fresh read of the suite and write its status before letting go of it.
 
     kopf hands each handler the body of the event that woke it; two handlers woken together
@@ -110,12 +117,12 @@ def reconcile_suite(body: kopf.Body, logger: kopf.Logger) -> None:
             ]
             status = reconcile.invalid_status(generation, previous, problems, now)
             client.patch_suite_status(namespace, name, _status_body(status))
+            metrics.observe_suite(namespace, name, status, [])
             kopf.warn(body, reason="InvalidSpec", message="; ".join(problems))
             raise kopf.PermanentError(f"invalid spec: {'; '.join(problems)}") from None
         suite = suite.model_copy(update={"status": previous})
-        plan = reconcile.plan_suite(
-            suite, uid, client.observe(namespace, name), now, get_settings()
-        )
+        observed = client.observe(namespace, name)
+        plan = reconcile.plan_suite(suite, uid, observed, now, get_settings())
         for manifest in plan.creates:
             if client.create(namespace, manifest):
                 logger.info(f"created {manifest['kind']} {manifest['metadata']['name']}")
@@ -124,6 +131,8 @@ def reconcile_suite(body: kopf.Body, logger: kopf.Logger) -> None:
                 policy = suite.spec.cleanup.policy.value
                 logger.info(f"deleted {kind} {child} (cleanup policy {policy})")
         client.patch_suite_status(namespace, name, _status_body(plan.status))
+        results = [o.result for o in observed.results.values() if o.result is not None]
+        metrics.observe_suite(namespace, name, plan.status, results)
     for event in plan.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
@@ -148,3 +157,11 @@ def benchmarksuite_changed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> No
 def benchmarksuite_tick(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     """Drives every suite forward: children change state without touching the suite."""
     reconcile_suite(body, logger)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def benchmarksuite_event(type: str, namespace: str | None, name: str | None, **_: Any) -> None:
+    """Drop a deleted suite's series. A watch event, not @on.delete: that needs a finalizer
+    (or misses a suite deleted without one); DELETED events arrive either way."""
+    if type == "DELETED" and name:
+        metrics.forget_suite(namespace or "default", name)

@@ -161,6 +161,10 @@ def _triton_containers(
     ]  # fmt: skip
     if spec.model.source.weights:
         prep_args += ["--weights", spec.model.source.weights]
+    if uses_gpu(pool, s):
+        # NVIDIA's Triton image serves the ONNX model with its native ONNX Runtime backend,
+        # one instance per GPU of the pod.
+        prep_args += ["--format", "native", "--gpus", ",".join(str(g) for g in range(pool.gpus))]
     models = {"name": "models", "mountPath": "/models"}
     prep = _container(
         "model-prep", s.cpu_mock_image if not uses_gpu(pool, s) else s.model_prep_image, prep_args

@@ -40,7 +40,12 @@ TINY_SUITE = REPO / "tests" / "local" / "suites" / "tiny.yaml"
 CRD_NAME = f"benchmarksuites.{api.API_GROUP}"
 # Short timings, read once by bakeoff.settings (and the timer interval when bakeoff.handlers
 # is imported, which happens in the first KopfRunner): set before either.
-OPERATOR_ENV = {"BAKEOFF_RECONCILE_INTERVAL_S": "1", "BAKEOFF_RESULT_GRACE_S": "45"}
+# No metrics exporter: tests run several operators in one process, one after another.
+OPERATOR_ENV = {
+    "BAKEOFF_RECONCILE_INTERVAL_S": "1",
+    "BAKEOFF_RESULT_GRACE_S": "45",
+    "BAKEOFF_METRICS_PORT": "0",
+}
 
 # Fixtures add callables here; on a failed test each becomes a section of the report.
 DIAGNOSTICS = pytest.StashKey[list[Callable[[], tuple[str, str]]]]()

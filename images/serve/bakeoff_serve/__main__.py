@@ -14,7 +14,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Literal, NoReturn
+
+# model_prep.Runtime, restated so `--help` need not import model_prep (it imports torch).
+_PrepRuntime = Literal["python-backend", "onnxruntime-native"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,6 +37,18 @@ def _batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes:
         raise argparse.ArgumentTypeError("needs at least one batch size")
     return sizes
+
+
+def _gpu_indices(text: str) -> tuple[int, ...]:
+    try:
+        gpus = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of ints"
+        ) from None
+    if not gpus:
+        raise argparse.ArgumentTypeError("needs at least one GPU index")
+    return gpus
 
 
 def _optional_batch_sizes(text: str) -> tuple[int, ...]:
@@ -110,6 +125,8 @@ def _run_triton_prep(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         parser.error(f"--builtin {args.builtin}: known models are {', '.join(BUILTIN_MODELS)}")
     if args.precision == "fp16" and args.execution_provider != "tensorrt":
         parser.error("--precision fp16 needs --execution-provider tensorrt")
+    if args.format == "native" and args.execution_provider == "cpu":
+        parser.error("--format native needs --execution-provider cuda or tensorrt")
     try:
         repo = model_prep.prepare_triton_repository(
             args.out, args.model_name, args.builtin, args.weights, args.seed,
@@ -118,12 +135,21 @@ def _run_triton_prep(args: argparse.Namespace, parser: argparse.ArgumentParser) 
             precision=args.precision, preferred_batch_sizes=args.preferred_batch_sizes,
             max_queue_delay_us=args.max_queue_delay_us,
             warmup_batch_sizes=args.warmup_batch_sizes,
+            runtime=_FORMATS[args.format], gpus=args.gpus, trt_cache_dir=args.trt_cache_dir,
+            trt_workspace_bytes=args.trt_workspace_bytes,
         )  # fmt: skip
     except (onnx_export.OnnxExportError, OSError, ValueError) as exc:
         print(f"bakeoff_serve triton-prep: error: {exc}", file=sys.stderr)
         return 1
     print(f"wrote model repository {repo}/{args.model_name}", file=sys.stderr)
     return 0
+
+
+# --format value -> model_prep runtime.
+_FORMATS: dict[str, _PrepRuntime] = {
+    "python-backend": "python-backend",
+    "native": "onnxruntime-native",
+}
 
 
 def _add_triton_prep(subparsers: argparse._SubParsersAction[_Parser]) -> None:
@@ -146,6 +172,25 @@ def _add_triton_prep(subparsers: argparse._SubParsersAction[_Parser]) -> None:
     parser.add_argument("--warmup-batch-sizes", type=_batch_sizes, default=(1,))
     parser.add_argument("--out", type=Path, required=True, help="the model repository folder")
     parser.add_argument("--cache-dir", type=Path, default=None, help="ONNX export cache")
+    parser.add_argument(
+        "--format",
+        choices=list(_FORMATS),
+        default="python-backend",
+        help="python-backend: for the bundled tritonserver (CPU mock, local); native: "
+        "platform onnxruntime_onnx for NVIDIA's Triton images on GPU pools",
+    )
+    parser.add_argument(
+        "--gpus", type=_gpu_indices, default=(0,), help="native: GPU indices, one instance each"
+    )
+    parser.add_argument(
+        "--trt-cache-dir",
+        type=Path,
+        default=None,
+        help="native + tensorrt: engine and timing cache (default <out>/<model>/trt-cache)",
+    )
+    parser.add_argument(
+        "--trt-workspace-bytes", type=int, default=1 << 30, help="native + tensorrt (1 GiB)"
+    )
     parser.set_defaults(handler=_run_triton_prep, command_parser=parser)
 
 
