@@ -93,6 +93,14 @@ test-cluster: $(STAMP) ## The operator and the chart on a real control plane (bu
 	hack/control-plane.sh up
 	$(BIN)/pytest tests/cluster $(PYTEST_FLAGS)
 
+.PHONY: kind-up
+kind-up: ## Users with Docker: kind cluster, images built and loaded, chart (CPU mock), suite applied
+	hack/kind-up.sh
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster of kind-up
+	hack/kind-up.sh down
+
 .PHONY: cluster-up
 cluster-up: ## Start (building once) the local control plane; prints the kubeconfig path
 	hack/control-plane.sh up
