@@ -27,7 +27,7 @@ from cluster_harness import (
 )
 from kubernetes import client as k8s
 
-from bakeoff import naming
+from bakeoff import cli, naming
 
 pytestmark = pytest.mark.cluster
 
@@ -86,6 +86,7 @@ def test_suite_of_three_backends_on_two_pools_succeeds(
     recorder: NamespaceRecorder,
     job_driver: JobDriver,
     operator: Operator,
+    tmp_path: Path,
 ) -> None:
     name = apply_suite(namespace, EXAMPLE)
     cells = cells_of(EXAMPLE)
@@ -148,6 +149,14 @@ def test_suite_of_three_backends_on_two_pools_succeeds(
 
     wanted = {"CellDeploying", "CellBenchmarking", "CellSucceeded", "Analyzing", "Succeeded"}
     wait_for(lambda: event_reasons() >= wanted, 30, f"Events {wanted}", event_reasons)
+
+    # `bakeoff report --cluster` renders the same report as a local run, from the cluster.
+    out = tmp_path / "report"
+    assert cli.main(["report", name, "--cluster", "-n", namespace, "--out", str(out)]) == 0
+    report_md = (out / name / "report.md").read_text()
+    assert report_md.startswith(f"# Bake-off report: {name}")
+    assert all(f"| {b} | {p} |" in report_md for b, p in cells)
+    assert len(list((out / name / "cells").glob("*.json"))) == 6
 
     # Deleting the suite garbage-collects everything it owns (result ConfigMaps included).
     assert labelled_leftovers(namespace, name), "expected the result ConfigMaps to exist"
