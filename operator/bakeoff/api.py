@@ -14,6 +14,7 @@ from typing import Annotated, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
+from bakeoff_bench import config as bench_config
 from bakeoff_bench.models import StrictModel
 
 API_GROUP: Final = "bakeoff.dev"
@@ -188,22 +189,12 @@ class RateScenario(StrictModel):
     max_in_flight: int = Field(default=128, gt=0, le=65_536)
 
 
-class SteadyState(StrictModel):
-    """Measure in windows until `consecutive` agree within `tolerance` (DESIGN §2 rule 2)."""
-
-    window_requests: int | None = Field(default=None, gt=0, le=1_000_000)
-    window_seconds: float | None = Field(default=None, gt=0, le=3600)
-    tolerance: float = Field(default=0.10, gt=0, lt=1)
-    consecutive: int = Field(default=3, ge=2, le=20)
-    max_windows: int = Field(default=10, ge=2, le=100)
-
-
 class Scenarios(StrictModel):
     single: SingleScenario | None = Field(default_factory=SingleScenario)
     batch_sweep: BatchSweepScenario | None = Field(default_factory=BatchSweepScenario)
     concurrency_sweep: ConcurrencySweepScenario | None = None
     rate: RateScenario | None = None
-    steady_state: SteadyState | None = Field(
+    steady_state: bench_config.SteadyState | None = Field(
         default=None, description="Window-based measurement for every closed-loop scenario"
     )
     workers: int = Field(default=1, ge=1, le=64, description="Client processes for rate runs")

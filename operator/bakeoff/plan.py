@@ -48,13 +48,6 @@ def image_size(spec: api.BenchmarkSuiteSpec) -> int:
     return BUILTIN_MODELS[spec.model.source.builtin.value].image_size
 
 
-def _steady(spec: api.BenchmarkSuiteSpec) -> bench_config.SteadyState | None:
-    steady = spec.scenarios.steady_state
-    if steady is None:
-        return None
-    return bench_config.SteadyState.model_validate(steady.model_dump())
-
-
 def build_bench_config(
     suite: api.BenchmarkSuite, cell: Cell, target: bench_config.Target
 ) -> bench_config.BenchConfig:
@@ -98,7 +91,7 @@ def build_bench_config(
         batch_sweep=sweep,
         concurrency_sweep=concurrency,
         rate=rate,
-        steady_state=_steady(suite.spec),
+        steady_state=scenarios.steady_state,
         workers=scenarios.workers,
         seed=suite.spec.model.seed,
     )

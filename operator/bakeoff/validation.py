@@ -216,16 +216,6 @@ def check_suite(suite: api.BenchmarkSuite) -> list[Problem]:
     pool_names = [p.name for p in spec.node_pools]
     for index, backend in enumerate(spec.backends):
         problems += _backend_placement_problems(index, backend, pool_names)
-    steady = spec.scenarios.steady_state
-    if steady is not None:
-        if (steady.window_requests is None) == (steady.window_seconds is None):
-            problems.append(Problem("spec.scenarios.steadyState",
-                "needs exactly one of windowRequests and windowSeconds",
-                "e.g. steadyState: {windowRequests: 200}"))  # fmt: skip
-        if steady.consecutive > steady.max_windows:
-            problems.append(Problem("spec.scenarios.steadyState.consecutive",
-                f"consecutive ({steady.consecutive}) exceeds maxWindows ({steady.max_windows})",
-                "raise maxWindows or lower consecutive"))  # fmt: skip
     if sweep is not None and len(set(sweep.batch_sizes)) != len(sweep.batch_sizes):
         problems.append(
             Problem(
