@@ -33,21 +33,9 @@ def results_from_configmaps(
 
 
 def suite_from_object(obj: Mapping[str, Any]) -> api.BenchmarkSuite:
-    document = {
-        "apiVersion": obj.get("apiVersion"),
-        "kind": obj.get("kind"),
-        "metadata": {k: obj["metadata"].get(k) for k in ("name", "namespace", "generation")},
-        "spec": obj.get("spec", {}),
-    }
-    suite = validation.parse_suite(document, f"BenchmarkSuite {obj['metadata'].get('name')}")
-    status = obj.get("status")
-    if status:
-        known = {f.alias or n for n, f in api.SuiteStatus.model_fields.items()}
-        status_model = api.SuiteStatus.model_validate(
-            {k: v for k, v in status.items() if k in known}
-        )
-        suite = suite.model_copy(update={"status": status_model})
-    return suite
+    name = (obj.get("metadata") or {}).get("name")
+    suite = validation.parse_suite(validation.suite_document(obj), f"BenchmarkSuite {name}")
+    return suite.model_copy(update={"status": validation.suite_status(obj)})
 
 
 def failures_from_status(suite: api.BenchmarkSuite) -> list[tuple[str, str, str]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,29 +49,6 @@ def operator_startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     metrics.start_exporter()  # BAKEOFF_METRICS_PORT, default 8080; 0 disables
 
 
-def _suite_document(body: Mapping[str, Any]) -> dict[str, Any]:
-    metadata = body.get("metadata", {})
-    return {
-        "apiVersion": body.get("apiVersion"),
-        "kind": body.get("kind"),
-        "metadata": {
-            "name": metadata.get("name"),
-            "namespace": metadata.get("namespace"),
-            "generation": metadata.get("generation"),
-        },
-        "spec": dict(body.get("spec", {})),
-    }
-
-
-def _previous_status(obj: Mapping[str, Any]) -> api.SuiteStatus | None:
-    known = {f.alias or name for name, f in api.SuiteStatus.model_fields.items()}
-    raw = {k: v for k, v in dict(obj.get("status") or {}).items() if k in known}
-    try:
-        return api.SuiteStatus.model_validate(raw) if raw else None
-    except ValueError:
-        return None  # a status we cannot read is rebuilt from the cluster
-
-
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -105,8 +81,8 @@ def _reconcile_suite(body: kopf.Body, logger: kopf.Logger) -> None:
         fresh = client.read_suite(namespace, name)
         if fresh["metadata"].get("uid") != uid:
             return  # deleted and re-created meanwhile: the new object has handlers of its own
-        document = _suite_document(fresh)
-        previous = _previous_status(fresh)
+        document = validation.suite_document(fresh)
+        previous = validation.suite_status(fresh)
         generation = document["metadata"]["generation"]
         try:
             suite = validation.parse_suite(document, f"BenchmarkSuite {namespace}/{name}")
@@ -160,8 +136,12 @@ def benchmarksuite_tick(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def benchmarksuite_event(type: str, namespace: str | None, name: str | None, **_: Any) -> None:
-    """Drop a deleted suite's series. A watch event, not @on.delete: that needs a finalizer
-    (or misses a suite deleted without one); DELETED events arrive either way."""
+def benchmarksuite_event(
+    type: str, namespace: str | None, name: str | None, uid: str | None, **_: Any
+) -> None:
+    """Drop a deleted suite's series and lock. A watch event, not @on.delete: that needs a
+    finalizer (or misses a suite deleted without one); DELETED events arrive either way."""
     if type == "DELETED" and name:
         metrics.forget_suite(namespace or "default", name)
+        with _locks_guard:
+            _locks.pop(uid or "", None)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
+from bakeoff_bench import publish
+
 MAX_NAME_LEN: Final = 63  # DNS-1123 label: Service names and label values cap at 63
 GROUP: Final = "bakeoff.dev"
 
@@ -23,7 +25,8 @@ COMPONENT_BACKEND: Final = "backend"
 COMPONENT_BENCH: Final = "bench"
 COMPONENT_RESULT: Final = "result"
 
-RESULT_KEY: Final = "result.json"  # the key of the CellResult JSON in a result ConfigMap
+# The key of the CellResult JSON in a result ConfigMap: the Job writes it (bakeoff_bench.publish).
+RESULT_KEY: Final = publish.RESULT_KEY
 BENCH_SERVICE_ACCOUNT: Final = "bakeoff-bench"
 
 

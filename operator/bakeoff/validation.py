@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -343,3 +343,25 @@ def load_suite(path: Path) -> api.BenchmarkSuite:
             ],
         )
     return parse_suite(documents[0], source)
+
+
+def suite_document(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a BenchmarkSuite object from the API server that the models read."""
+    metadata = obj.get("metadata") or {}
+    return {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": {k: metadata.get(k) for k in ("name", "namespace", "generation")},
+        "spec": dict(obj.get("spec") or {}),
+    }
+
+
+def suite_status(obj: Mapping[str, Any]) -> api.SuiteStatus | None:
+    """The object's status as the operator wrote it; None when absent or unreadable (kopf
+    and older versions may have left other keys there)."""
+    known = {f.alias or name for name, f in api.SuiteStatus.model_fields.items()}
+    raw = {k: v for k, v in dict(obj.get("status") or {}).items() if k in known}
+    try:
+        return api.SuiteStatus.model_validate(raw) if raw else None
+    except ValidationError:
+        return None

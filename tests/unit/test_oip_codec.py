@@ -401,7 +401,7 @@ def test_unknown_model_or_version_is_404(name: str, version: str, message: str) 
 
 def test_served_model_and_versions_resolve() -> None:
     for version in ("", "1"):
-        oip.resolve_model(SIG, "clip", version)
+        assert oip.resolve_model(SIG, "clip", version) is None  # no OipError: it is served
 
 
 def test_shared_validation_accepts_typed_grpc_contents() -> None:
