@@ -2,8 +2,10 @@
 
 The runner encodes one request body per batch size *before* any timing starts, so the hot
 path only hands a ready `bytes` object to the HTTP client. Every backend gets the very same
-bytes: images come from a seeded generator and are sent as raw little-endian FP32, never as
-an image file that a backend might decode differently (a pitfall of the manual study).
+bytes: images come from a seeded generator of 8-bit pixels and are sent as raw little-endian
+FP32 in [0, 1] (pixel / 255) or, to a model whose input is UINT8, as the pixels themselves, so
+both formats carry the very same image; never as an image file that a backend might decode
+differently (a pitfall of the manual study).
 
 Wire format (Triton's binary tensor data extension, also spoken by Bakeoff's PyTorch server):
 a JSON inference header, immediately followed by the raw tensor bytes; the HTTP header
@@ -54,13 +56,27 @@ class Payload:
     batch_size: int
 
 
-def seeded_images(seed: int, shape: Sequence[int]) -> npt.NDArray[np.float32]:
-    """FP32 values in [0, 1) from `seed`; identical on every machine and for every backend.
+def seeded_pixels(seed: int, shape: Sequence[int]) -> npt.NDArray[np.uint8]:
+    """8-bit pixel values from `seed`; identical on every machine and for every backend.
 
     The generator fills in C order, so the first k images of a batch of n equal the images
     of a batch of k with the same seed: batch sizes of a sweep share their leading images.
     """
-    return np.random.default_rng(seed).random(tuple(shape), dtype=np.float32)
+    return np.random.default_rng(seed).integers(0, 256, tuple(shape), dtype=np.uint8)
+
+
+def seeded_images(seed: int, shape: Sequence[int]) -> npt.NDArray[np.float32]:
+    """The same pixels as `seeded_pixels`, as FP32 in [0, 1]: what an FP32 input is sent."""
+    return seeded_pixels(seed, shape).astype(np.float32) / np.float32(255.0)
+
+
+def seeded_input(seed: int, shape: Sequence[int], datatype: str) -> npt.NDArray[Any]:
+    """The seeded images in the model's input datatype (FP32 or UINT8)."""
+    if datatype == "UINT8":
+        return seeded_pixels(seed, shape)
+    if datatype == "FP32":
+        return seeded_images(seed, shape)
+    raise ValueError(f"inputs are sent as FP32 or UINT8, not {datatype}")
 
 
 def batched_shape(metadata_shape: Sequence[int], batch_size: int) -> list[int]:
@@ -80,20 +96,28 @@ def batched_shape(metadata_shape: Sequence[int], batch_size: int) -> list[int]:
     return [batch_size, *rest]
 
 
+_WIRE_DATATYPES: Final[dict[np.dtype[Any], tuple[str, str]]] = {
+    np.dtype(np.float32): ("FP32", "<f4"),
+    np.dtype(np.uint8): ("UINT8", "<u1"),
+}
+
+
 def encode_binary_infer_request(
-    input_name: str, array: npt.NDArray[np.float32], output_name: str
+    input_name: str, array: npt.NDArray[Any], output_name: str
 ) -> tuple[bytes, dict[str, str]]:
     """Body and HTTP headers of an OIP infer request with binary input and binary output."""
-    if array.dtype != np.float32:
-        raise ValueError(f"inputs are sent as FP32, got {array.dtype}")
-    raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    try:
+        datatype, wire = _WIRE_DATATYPES[array.dtype]
+    except KeyError:
+        raise ValueError(f"inputs are sent as FP32 or UINT8, got {array.dtype}") from None
+    raw = np.ascontiguousarray(array, dtype=wire).tobytes()
     header = orjson.dumps(
         {
             "inputs": [
                 {
                     "name": input_name,
                     "shape": list(array.shape),
-                    "datatype": "FP32",
+                    "datatype": datatype,
                     "parameters": {"binary_data_size": len(raw)},
                 }
             ],
@@ -107,7 +131,7 @@ def encode_binary_infer_request(
     return header + raw, headers
 
 
-def build_payload(input_name: str, output_name: str, images: npt.NDArray[np.float32]) -> Payload:
+def build_payload(input_name: str, output_name: str, images: npt.NDArray[Any]) -> Payload:
     body, headers = encode_binary_infer_request(input_name, images, output_name)
     return Payload(body=body, headers=headers, batch_size=int(images.shape[0]))
 

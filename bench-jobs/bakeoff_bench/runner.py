@@ -74,6 +74,7 @@ class ModelIO:
     input_name: str
     output_name: str
     input_shape: list[int]  # as in the metadata, batch dimension -1
+    input_datatype: str  # FP32 or UINT8
     max_batch_size: int | None  # None: the server has no /config; 0: no limit stated
 
 
@@ -85,10 +86,12 @@ def resolve_model_io(metadata: Mapping[str, Any], config: Mapping[str, Any] | No
             "outputs; Bakeoff benchmarks models with one image input and at least one output"
         )
     tensor = inputs[0]
-    if tensor.get("datatype") != "FP32":
+    datatype = tensor.get("datatype")
+    if datatype not in ("FP32", "UINT8"):
         raise BenchSetupError(
-            f"input {tensor.get('name')!r} is {tensor.get('datatype')}; every backend is sent "
-            "the same FP32 tensor, so the model must accept FP32 (cast inside the model)"
+            f"input {tensor.get('name')!r} is {datatype}; every backend is sent the same "
+            "images as FP32 in [0, 1] or UINT8 pixels, so the model must accept one of them "
+            "(cast inside the model)"
         )
     shape = [int(d) for d in tensor.get("shape", [])]
     try:
@@ -96,7 +99,7 @@ def resolve_model_io(metadata: Mapping[str, Any], config: Mapping[str, Any] | No
     except ValueError as exc:
         raise BenchSetupError(str(exc)) from exc
     max_batch = None if config is None else int(config.get("max_batch_size", 0))
-    return ModelIO(str(tensor["name"]), str(outputs[0]["name"]), shape, max_batch)
+    return ModelIO(str(tensor["name"]), str(outputs[0]["name"]), shape, str(datatype), max_batch)
 
 
 def check_batch_sizes(sizes: Iterable[int], max_batch_size: int | None) -> None:
@@ -159,7 +162,9 @@ def encode_payloads(config: BenchConfig, io: ModelIO) -> dict[int, payloads.Payl
         size: payloads.build_payload(
             io.input_name,
             io.output_name,
-            payloads.seeded_images(config.seed, payloads.batched_shape(io.input_shape, size)),
+            payloads.seeded_input(
+                config.seed, payloads.batched_shape(io.input_shape, size), io.input_datatype
+            ),
         )
         for size in batch_sizes_needed(config)
     }
@@ -175,9 +180,10 @@ async def collect_parity(
 
     `answered(1)` after each successful request (the scraper's ledger).
     """
-    images = payloads.seeded_images(
+    images = payloads.seeded_input(
         config.seed + payloads.PARITY_SEED_OFFSET,
         payloads.batched_shape(io.input_shape, config.parity_batch),
+        io.input_datatype,
     )
     chunk = io.max_batch_size or config.parity_batch  # respect the model's batch limit
     rows: list[list[float]] = []

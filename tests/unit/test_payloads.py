@@ -33,7 +33,25 @@ def test_same_seed_gives_the_same_bytes() -> None:
 def test_seeded_values_are_in_unit_interval() -> None:
     images = payloads.seeded_images(0, [4, 3, 8, 8])
     assert images.min() >= 0.0
-    assert images.max() < 1.0
+    assert images.max() <= 1.0
+
+
+def test_fp32_and_uint8_inputs_carry_the_same_image() -> None:
+    pixels = payloads.seeded_input(4, [2, 3, 8, 8], "UINT8")
+    images = payloads.seeded_input(4, [2, 3, 8, 8], "FP32")
+    assert pixels.dtype == np.uint8 and images.dtype == np.float32
+    assert np.array_equal(np.rint(images * 255).astype(np.uint8), pixels)
+    with pytest.raises(ValueError, match="FP32 or UINT8"):
+        payloads.seeded_input(4, [1, 3, 8, 8], "FP16")
+
+
+def test_uint8_input_is_sent_as_uint8() -> None:
+    pixels = payloads.seeded_pixels(2, [1, 3, 4, 4])
+    body, headers = payloads.encode_binary_infer_request("images", pixels, "embedding")
+    json_length = int(headers["Inference-Header-Content-Length"])
+    header = orjson.loads(body[:json_length])
+    assert header["inputs"][0]["datatype"] == "UINT8"
+    assert body[json_length:] == pixels.tobytes()
 
 
 def test_smaller_batch_is_a_prefix_of_a_larger_one() -> None:

@@ -76,6 +76,12 @@ def _run_pytorch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             grpc_port=args.grpc_port,
             max_batch_size=args.max_batch_size,
             warmup_batch_sizes=args.warmup_batch_sizes,
+            input_format=args.input_format,
+            cuda_graphs=args.cuda_graphs,
+            dynamic_batching=args.dynamic_batching,
+            max_queue_delay_us=args.max_queue_delay_us,
+            gpus=args.gpus,
+            instances_per_device=args.instances_per_device,
         )
     except pydantic.ValidationError as exc:
         problems = "; ".join(
@@ -112,8 +118,32 @@ def _add_pytorch(subparsers: argparse._SubParsersAction[_Parser]) -> None:
         "--warmup-batch-sizes",
         type=_batch_sizes,
         default=(1,),
-        help="comma-separated batch sizes run once before ready (default 1)",
+        help="comma-separated batch sizes run once before ready (default 1; on cuda every "
+        "batch bucket is warmed and captured anyway)",
     )
+    parser.add_argument(
+        "--input-format", choices=["fp32", "uint8"], default="fp32",
+        help="wire input: FP32 in [0, 1] or UINT8 in [0, 255] scaled on the device",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+        help="capture one CUDA graph per batch bucket (default: on with --device cuda)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dynamic-batching", action="store_true",
+        help="merge queued requests into one execution, like Triton's dynamic batcher",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-queue-delay-us", type=int, default=0,
+        help="with --dynamic-batching: how long a batch may wait to fill up (default 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gpus", type=int, default=1, help="serve on GPUs 0..N-1, one model instance each"
+    )
+    parser.add_argument(
+        "--instances-per-device", type=int, default=1,
+        help="model instances per device, to overlap copies with compute (default 1)",
+    )  # fmt: skip
     parser.set_defaults(handler=_run_pytorch, command_parser=parser)
 
 

@@ -1,41 +1,44 @@
-"""Runs the reference model for the PyTorch server: one model instance, one worker thread.
+"""Runs the reference model for the PyTorch server: one instance per device, a scheduler in front.
 
 `app.main`'s lifespan creates the engine and awaits `load`; the HTTP infer router and the
-gRPC servicer await `infer`. Every forward pass runs in a single dedicated thread, so the
-event loop stays free to accept and decode requests while executions are serialised, like
-one Triton model instance without dynamic batching. The timings it returns are Triton's
-phases (queue, compute input, compute infer, compute output) so `server_metrics` can
-publish them under Triton's names.
+gRPC servicer await `infer`. Requests wait in one queue; a scheduler task on the event loop
+forms batches (`batching`: one request each, or Triton-style dynamic batching with a queue
+delay) and hands each batch to a free `DeviceRunner`, whose executions run in that runner's
+own thread, so the event loop stays free to accept and decode requests. With several GPUs
+there is one runner per GPU, like Triton's one instance per GPU. The timings it returns are
+Triton's phases (queue, compute input, compute infer, compute output) so `server_metrics`
+can publish them under Triton's names.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 import torch
 
-from bakeoff_serve import model, oip, server_metrics
+from bakeoff_serve import batching, device_runner, model, oip, server_metrics
 
 log = logging.getLogger(__name__)
 
-PRECISIONS: Final[dict[str, torch.dtype]] = {
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-}
+PRECISIONS: Final = device_runner.PRECISIONS
+INPUT_FORMATS: Final = tuple(device_runner.INPUT_DTYPES)
 PLATFORM: Final = "bakeoff_pytorch"
 BACKEND: Final = "pytorch"
 MODEL_VERSION: Final = "1"
 
 
-def build_signature(model_name: str, builtin: str, max_batch_size: int) -> oip.ModelSignature:
+def build_signature(
+    model_name: str, builtin: str, max_batch_size: int, input_format: str = "fp32"
+) -> oip.ModelSignature:
     """The wire signature of a builtin model, known before its weights are loaded."""
     try:
         config = model.BUILTIN_MODELS[builtin]
@@ -43,19 +46,37 @@ def build_signature(model_name: str, builtin: str, max_batch_size: int) -> oip.M
         known = ", ".join(sorted(model.BUILTIN_MODELS))
         raise ValueError(f"unknown builtin model {builtin!r}; known: {known}") from None
     size = config.image_size
+    datatype = device_runner.INPUT_DTYPES[input_format][0]
     return oip.ModelSignature(
         name=model_name,
         version=MODEL_VERSION,
         platform=PLATFORM,
         backend=BACKEND,
         max_batch_size=max_batch_size,
-        inputs=(oip.TensorSpec(model.INPUT_NAME, "FP32", (-1, 3, size, size)),),
+        inputs=(oip.TensorSpec(model.INPUT_NAME, datatype, (-1, 3, size, size)),),
         outputs=(oip.TensorSpec(model.OUTPUT_NAME, "FP32", (-1, config.embed_dim)),),
     )
 
 
+def engine_devices(device: str, gpus: int) -> list[torch.device]:
+    """cpu -> [cpu]; cuda with n GPUs -> cuda:0 .. cuda:n-1 (the pod's visible GPUs)."""
+    if device == "cpu":
+        return [torch.device("cpu")]
+    available = torch.cuda.device_count()
+    if gpus > available:
+        raise ValueError(f"{gpus} GPUs requested but this machine shows {available}")
+    return [torch.device("cuda", index) for index in range(gpus)]
+
+
+@dataclass
+class _Pending:
+    array: np.ndarray[Any, Any]
+    arrival_ns: int
+    future: asyncio.Future[tuple[np.ndarray[Any, Any], server_metrics.ExecTimings]]
+
+
 class InferenceEngine:
-    """The model on its device and precision, behind a one-thread executor."""
+    """The model on its devices and precision, a request queue and the batch scheduler."""
 
     def __init__(
         self,
@@ -65,6 +86,13 @@ class InferenceEngine:
         precision: str,
         seed: int,
         weights: Path | None = None,
+        input_format: str = "fp32",
+        max_batch_size: int = 32,
+        cuda_graphs: bool = False,
+        dynamic_batching: bool = False,
+        max_queue_delay_us: int = 0,
+        gpus: int = 1,
+        instances_per_device: int = 1,
     ) -> None:
         self.builtin = builtin
         self.device = torch.device(device)
@@ -72,105 +100,189 @@ class InferenceEngine:
         self.dtype = PRECISIONS[precision]
         self.seed = seed
         self.weights = weights
+        self.input_format = input_format
+        self.max_batch_size = max_batch_size
+        self.cuda_graphs = cuda_graphs
+        self.dynamic_batching = dynamic_batching
+        self.max_queue_delay_ns = max_queue_delay_us * 1000
+        self.gpus = gpus
+        # Several instances on one device overlap one batch's copies (and the event loop's
+        # turn) with another's forward pass, like Triton's instance_group count.
+        self.instances_per_device = instances_per_device
         self.provenance: model.ModelProvenance | None = None
-        self._model: model.ClipVisionTower | None = None
+        self.runners: list[device_runner.DeviceRunner] = []
+        self._executors: list[ThreadPoolExecutor] = []
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bakeoff-load")
         self._ready = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bakeoff-infer")
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._free: asyncio.Queue[int] = asyncio.Queue()
+        self._scheduler: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     @property
     def ready(self) -> bool:
-        """True once the model is loaded and warmed up for every warm-up batch size."""
+        """True once every runner is loaded and warm for every batch bucket."""
         return self._ready
 
     async def load(self, warmup_batch_sizes: Sequence[int]) -> float:
-        """Build, move and warm the model in the worker thread; returns the seconds it took."""
+        """Build, move and warm the model on every device; returns the seconds it took."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._load, tuple(warmup_batch_sizes))
+        await loop.run_in_executor(self._loader, self._load, tuple(warmup_batch_sizes))
+        for index in range(len(self.runners)):
+            self._free.put_nowait(index)
+        self._scheduler = asyncio.create_task(self._schedule(), name="bakeoff-scheduler")
         self._ready = True
         return time.perf_counter() - started
 
     def _load(self, warmup_batch_sizes: tuple[int, ...]) -> None:
-        built, self.provenance = model.build_model(self.builtin, self.weights, self.seed)
-        self._model = built.to(device=self.device, dtype=self.dtype)
-        size = built.config.image_size
-        rng = np.random.default_rng(self.seed)
-        for batch in warmup_batch_sizes:
-            # Same path as a real request, so lazy allocator and kernel selection happen here.
-            pixels = rng.random((batch, 3, size, size), dtype=np.float32)
-            started = time.perf_counter()
-            self._execute(pixels, time.perf_counter_ns())
-            log.info("warm-up batch %d took %.3f s", batch, time.perf_counter() - started)
+        devices = engine_devices(self.device.type, self.gpus)
+        for device in [d for d in devices for _ in range(self.instances_per_device)]:
+            net, self.provenance = model.build_model(self.builtin, self.weights, self.seed)
+            runner = device_runner.DeviceRunner(
+                net,
+                device=device,
+                precision=self.precision,
+                input_format=self.input_format,
+                max_batch_size=self.max_batch_size,
+                cuda_graphs=self.cuda_graphs,
+            )
+            # On CUDA every bucket, not only the requested warm-up sizes: a request of any
+            # size must find its graph captured before the server says it is ready.
+            runner.warm(warmup_batch_sizes)
+            self.runners.append(runner)
+            self._executors.append(
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"bakeoff-{device}")
+            )
+        log.info(
+            "model ready on %s; batch buckets %s (warm-up sizes asked: %s)",
+            ", ".join(str(d) for d in devices),
+            self.runners[0].buckets,
+            warmup_batch_sizes,
+        )
 
     async def infer(
         self, pixels: np.ndarray[Any, Any]
     ) -> tuple[np.ndarray[Any, Any], server_metrics.ExecTimings]:
-        """Embeddings [B, D] float32 for pixels [B, 3, S, S] float32, and the phase timings."""
-        if self._model is None:
+        """Embeddings [B, D] float32 for pixels [B, 3, S, S], and the phase timings."""
+        if not self._ready:
             raise RuntimeError("the model is not loaded yet")
-        arrival_ns = time.perf_counter_ns()
+        future: asyncio.Future[tuple[np.ndarray[Any, Any], server_metrics.ExecTimings]]
+        future = asyncio.get_running_loop().create_future()
+        pending = _Pending(pixels, time.perf_counter_ns(), future)
+        if not self._queue and not self._free.empty() and self.max_queue_delay_ns == 0:
+            # Nothing waits and an instance is idle: no batch could form, so skip the
+            # scheduler's hops (two event-loop turns, a measurable share of a 1 ms request).
+            await self._run(self._free.get_nowait(), [pending])
+        else:
+            self._queue.append(pending)
+            self._arrived.set()
+        return await future
+
+    async def _schedule(self) -> None:
+        while True:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            runner_index = await self._free.get()
+            if self.dynamic_batching:
+                await self._wait_for_batch()
+            rows = [pending.array.shape[0] for pending in self._queue]
+            count = batching.batch_length(rows, self.max_batch_size, self.dynamic_batching)
+            batch = [self._queue.popleft() for _ in range(count)]
+            task = asyncio.create_task(self._run(runner_index, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _wait_for_batch(self) -> None:
+        """Until the batch is full or its oldest request has waited the queue delay."""
+        deadline_ns = self._queue[0].arrival_ns + self.max_queue_delay_ns
+        while not batching.batch_is_full(
+            [p.array.shape[0] for p in self._queue], self.max_batch_size
+        ):
+            remaining_s = (deadline_ns - time.perf_counter_ns()) / 1e9
+            if remaining_s <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining_s)
+            except TimeoutError:
+                return
+
+    async def _run(self, runner_index: int, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._execute, pixels, arrival_ns)
-
-    def _sync(self) -> None:
-        # CUDA kernels run asynchronously; without a sync the phase times would be launch times.
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _execute(
-        self, pixels: np.ndarray[Any, Any], arrival_ns: int
-    ) -> tuple[np.ndarray[Any, Any], server_metrics.ExecTimings]:
-        assert self._model is not None  # load() ran first: the executor is FIFO
-        start_ns = time.perf_counter_ns()
-        with torch.inference_mode():
-            # Decoded wire buffers are read-only; torch wants a writable array (it copies anyway
-            # when it moves the tensor to the GPU).
-            host = pixels if pixels.flags.writeable else pixels.copy()
-            tensor = torch.from_numpy(host).to(self.device).to(self.dtype)
-            self._sync()
-            input_ns = time.perf_counter_ns()
-            embeddings = self._model(tensor)
-            self._sync()
-            infer_ns = time.perf_counter_ns()
-            result = embeddings.float().cpu().numpy()
-            output_ns = time.perf_counter_ns()
-        return result, server_metrics.ExecTimings(
-            queue_ns=start_ns - arrival_ns,
-            compute_input_ns=input_ns - start_ns,
-            compute_infer_ns=infer_ns - input_ns,
-            compute_output_ns=output_ns - infer_ns,
-        )
+        runner = self.runners[runner_index]
+        try:
+            arrays = [pending.array for pending in batch]
+            result, phases = await loop.run_in_executor(
+                self._executors[runner_index], runner.execute, arrays
+            )
+        except Exception as error:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        finally:
+            self._free.put_nowait(runner_index)
+        ranges = batching.split_rows([pending.array.shape[0] for pending in batch])
+        for pending, (start, stop) in zip(batch, ranges, strict=True):
+            if pending.future.done():  # the client went away
+                continue
+            timings = server_metrics.ExecTimings(
+                queue_ns=max(0, phases.start_ns - pending.arrival_ns),
+                compute_input_ns=phases.input_ns,
+                compute_infer_ns=phases.infer_ns,
+                compute_output_ns=phases.output_ns,
+            )
+            pending.future.set_result((result[start:stop], timings))
 
     def runtime(self) -> str:
-        """E.g. "pytorch 2.15.0 cpu fp32", reported in the model config."""
+        """E.g. "pytorch 2.15.0 cuda fp16 cuda-graphs x2", reported in the model config."""
         version = torch.__version__.split("+")[0]
-        return f"pytorch {version} {self.device.type} {self.precision}"
+        parts = [f"pytorch {version} {self.device.type} {self.precision}"]
+        if self.cuda_graphs:
+            parts.append("cuda-graphs")
+        if self.input_format != "fp32":
+            parts.append(f"{self.input_format}-input")
+        if self.dynamic_batching:
+            parts.append(f"dynamic-batching {self.max_queue_delay_ns // 1000}us")
+        if self.gpus > 1 and self.device.type == "cuda":
+            parts.append(f"x{self.gpus}")
+        if self.instances_per_device > 1:
+            parts.append(f"{self.instances_per_device} instances per device")
+        return " ".join(parts)
 
     def gpu_samples(self) -> list[server_metrics.GpuSample]:
-        """Memory and utilisation of the GPU in use; empty on CPU."""
+        """Memory and utilisation of the GPUs in use; empty on CPU."""
         if self.device.type != "cuda":
             return []
-        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(index)
-        uuid = getattr(props, "uuid", None)
-        # NVML (through torch, which needs pynvml) sees the whole device, like Triton's DCGM;
-        # without it only this process's caching allocator is known.
-        try:
-            used = int(torch.cuda.device_memory_used(index))
-        except Exception:  # pynvml missing, or NVML unusable in this container
-            used = int(torch.cuda.memory_reserved(index))
-        try:
-            utilization: float | None = torch.cuda.utilization(index) / 100.0
-        except Exception:
-            utilization = None
-        return [
-            server_metrics.GpuSample(
-                uuid=f"GPU-{uuid}" if uuid else f"cuda:{index}",
-                memory_used_bytes=used,
-                memory_total_bytes=int(props.total_memory),
-                utilization=utilization,
-            )
-        ]
+        return [_gpu_sample(index) for index in range(self.gpus)]
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+        self._loader.shutdown(wait=True, cancel_futures=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _gpu_sample(index: int) -> server_metrics.GpuSample:
+    props = torch.cuda.get_device_properties(index)
+    uuid = getattr(props, "uuid", None)
+    # NVML (through torch, which needs pynvml) sees the whole device, like Triton's DCGM;
+    # without it only this process's caching allocator is known.
+    try:
+        used = int(torch.cuda.device_memory_used(index))
+    except Exception:  # pynvml missing, or NVML unusable in this container
+        used = int(torch.cuda.memory_reserved(index))
+    try:
+        utilization: float | None = torch.cuda.utilization(index) / 100.0
+    except Exception:
+        utilization = None
+    return server_metrics.GpuSample(
+        uuid=f"GPU-{uuid}" if uuid else f"cuda:{index}",
+        memory_used_bytes=used,
+        memory_total_bytes=int(props.total_memory),
+        utilization=utilization,
+    )

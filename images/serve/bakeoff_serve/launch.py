@@ -26,8 +26,12 @@ def pytorch_server_command(
     weights: Path | None = None,
     python: str = sys.executable,
     host: str = "127.0.0.1",
+    options: Sequence[str] = (),
 ) -> process.Command:
-    """`python -m bakeoff_serve pytorch ...`, ready when /v2/health/ready answers 200."""
+    """`python -m bakeoff_serve pytorch ...`, ready when /v2/health/ready answers 200.
+
+    `options`: further server flags, e.g. ("--input-format=uint8", "--dynamic-batching").
+    """
     argv = [
         python,
         "-m",
@@ -46,6 +50,7 @@ def pytorch_server_command(
     ]
     if weights is not None:
         argv.append(f"--weights={weights}")
+    argv += options
     return process.Command(
         argv=argv,
         # Unbuffered, so the log file shows progress while the server is still starting.

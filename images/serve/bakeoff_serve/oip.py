@@ -24,7 +24,7 @@ HEADER_LENGTH: Final = "Inference-Header-Content-Length"
 # the largest honest request (32 images as JSON text) is about 120 MB.
 MAX_BODY_BYTES: Final = 1 << 30
 
-# Bytes per element of every fixed-size KServe v2 datatype. Only FP32 is served, but knowing
+# Bytes per element of every fixed-size KServe v2 datatype. FP32 and UINT8 are served; knowing
 # the others lets an error say "INT32" instead of "unknown datatype".
 _ITEM_SIZE: Final[dict[str, int]] = {
     "BOOL": 1,
@@ -41,7 +41,7 @@ _ITEM_SIZE: Final[dict[str, int]] = {
     "FP32": 4,
     "FP64": 8,
 }
-_NUMPY_DTYPE: Final[dict[str, str]] = {"FP32": "<f4", "FP64": "<f8"}
+_NUMPY_DTYPE: Final[dict[str, str]] = {"FP32": "<f4", "FP64": "<f8", "UINT8": "<u1"}
 
 
 class OipError(Exception):

@@ -26,6 +26,11 @@ class Precision(StrEnum):
     BF16 = "bf16"
 
 
+class InputFormat(StrEnum):
+    FP32 = "fp32"  # FP32 [B, 3, S, S] in [0, 1]
+    UINT8 = "uint8"  # UINT8 [B, 3, S, S] in [0, 255], scaled on the device
+
+
 class Settings(BaseModel):
     # protected_namespaces=(): "model_name" is our field, not pydantic's namespace.
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
@@ -49,6 +54,24 @@ class Settings(BaseModel):
     warmup_batch_sizes: tuple[int, ...] = Field(
         default=(1,), min_length=1, description="Batch sizes run once before the server is ready."
     )
+    input_format: InputFormat = Field(default=InputFormat.FP32, description="Wire input tensor.")
+    cuda_graphs: bool | None = Field(
+        default=None, description="One CUDA graph per batch bucket; default: on with cuda."
+    )
+    dynamic_batching: bool = Field(
+        default=False, description="Merge queued requests into one batch, like Triton's."
+    )
+    max_queue_delay_us: int = Field(
+        default=0, ge=0, le=1_000_000, description="How long a batch waits to fill up."
+    )
+    gpus: int = Field(default=1, ge=1, le=16, description="GPUs to serve on, one instance each.")
+    instances_per_device: int = Field(
+        default=1, ge=1, le=8, description="Model instances per device (Triton's count)."
+    )
+
+    @property
+    def use_cuda_graphs(self) -> bool:
+        return self.device is Device.CUDA if self.cuda_graphs is None else self.cuda_graphs
 
     @field_validator("builtin")
     @classmethod
@@ -72,6 +95,12 @@ class Settings(BaseModel):
             raise ValueError(
                 "fp16 on cpu is not supported (slow or missing CPU kernels); use fp32 or bf16"
             )
+        if self.device is Device.CPU and self.cuda_graphs:
+            raise ValueError("cuda graphs need --device cuda; drop --cuda-graphs on cpu")
+        if self.device is Device.CPU and self.gpus > 1:
+            raise ValueError(f"--gpus {self.gpus} needs --device cuda")
+        if self.max_queue_delay_us and not self.dynamic_batching:
+            raise ValueError("a max queue delay needs --dynamic-batching")
         if self.weights is not None and not self.weights.is_file():
             raise ValueError(f"weights file {self.weights} does not exist")
         return self

@@ -1,0 +1,233 @@
+"""The model on one device: the only code that touches tensors on the request path.
+
+A `DeviceRunner` is one model instance, like one Triton instance: `execute` runs one batch
+(rows from one or more requests) and is called from one thread at a time. What makes it fast
+on a GPU:
+
+- batch-size buckets: a batch of n rows runs in the smallest bucket >= n, so a bounded set of
+  shapes exists and each is warmed (and captured) before the server says it is ready;
+- CUDA graphs, one per bucket: a replay launches the whole forward pass at once, which is what
+  single-image latency is made of on a fast GPU (kernel launches, not FLOPs);
+- pinned host buffers per bucket: request bytes are copied once, from the decoded wire buffer
+  straight into page-locked memory, then to the GPU by DMA; outputs come back the same way;
+- uint8 input: a quarter of fp32's bytes on the wire and over PCIe, scaled to [0, 1] on the GPU.
+
+On CPU the same code runs eagerly in the model's dtype, without graphs or pinned memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import torch
+
+from bakeoff_serve import model
+
+log = logging.getLogger(__name__)
+
+PRECISIONS: Final[dict[str, torch.dtype]] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+INPUT_DTYPES: Final[dict[str, tuple[str, np.dtype[Any], torch.dtype]]] = {
+    # input format -> (KServe datatype, wire dtype, host tensor dtype)
+    "fp32": ("FP32", np.dtype(np.float32), torch.float32),
+    "uint8": ("UINT8", np.dtype(np.uint8), torch.uint8),
+}
+# Eager passes before a capture, on the capture stream: cuBLAS/cuDNN pick their kernels and
+# allocate workspaces outside the graph (what torch.cuda.graphs' documentation asks for).
+_CAPTURE_WARMUP_PASSES: Final = 3
+
+
+def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
+    """Powers of two below max_batch_size, and max_batch_size itself: 1, 2, 4, ..., max."""
+    buckets = []
+    size = 1
+    while size < max_batch_size:
+        buckets.append(size)
+        size *= 2
+    buckets.append(max_batch_size)
+    return tuple(buckets)
+
+
+def bucket_for(rows: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds `rows` rows."""
+    for bucket in buckets:
+        if rows <= bucket:
+            return bucket
+    raise ValueError(f"{rows} rows exceed the largest batch bucket ({buckets[-1]})")
+
+
+@dataclass(frozen=True)
+class PhaseTimes:
+    """Where one execution's time went, in Triton's phases (nanoseconds)."""
+
+    start_ns: int  # perf_counter_ns when the batch started (its requests stopped queueing)
+    input_ns: int  # request bytes -> host buffers -> device
+    infer_ns: int  # the forward pass (a graph replay or eager)
+    output_ns: int  # device -> host
+
+
+class _Preprocessed(torch.nn.Module):
+    """Wire dtype -> model dtype (uint8 scaled to [0, 1]) inside the graph, then the model."""
+
+    def __init__(self, net: torch.nn.Module, dtype: torch.dtype, scale_uint8: bool) -> None:
+        super().__init__()
+        self.net = net
+        self.dtype = dtype
+        self.scale_uint8 = scale_uint8
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.to(self.dtype)
+        if self.scale_uint8:
+            x = x * (1.0 / 255.0)
+        # Embeddings leave as float32 whatever the compute dtype, so the wire stays FP32.
+        out: torch.Tensor = self.net(x).float()
+        return out
+
+
+class DeviceRunner:
+    """One model instance on one device, with its buffers and (on CUDA) its graphs."""
+
+    def __init__(
+        self,
+        net: model.ClipVisionTower,
+        *,
+        device: torch.device,
+        precision: str,
+        input_format: str,
+        max_batch_size: int,
+        cuda_graphs: bool,
+    ) -> None:
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.device = device
+        self.precision = precision
+        self.input_format = input_format
+        self.cuda_graphs = cuda_graphs
+        self.buckets = batch_buckets(max_batch_size)
+        _, self._wire_dtype, host_dtype = INPUT_DTYPES[input_format]
+        dtype = PRECISIONS[precision]
+        size = net.config.image_size
+        self._module = _Preprocessed(
+            net.to(device=device, dtype=dtype), dtype, input_format == "uint8"
+        ).eval()
+        on_gpu = device.type == "cuda"
+        self._stream = torch.cuda.Stream(device) if on_gpu else None  # type: ignore[no-untyped-call]
+        # One host and one device input buffer per bucket: a batch is assembled in place and
+        # the graph of its bucket reads the device buffer it was captured with.
+        self._host_in = {
+            b: torch.empty((b, 3, size, size), dtype=host_dtype, pin_memory=on_gpu)
+            for b in self.buckets
+        }
+        self._device_in = {
+            b: torch.zeros((b, 3, size, size), dtype=host_dtype, device=device)
+            for b in self.buckets
+        }
+        self._host_out = torch.empty(
+            (max_batch_size, net.config.embed_dim), dtype=torch.float32, pin_memory=on_gpu
+        )
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._graph_out: dict[int, torch.Tensor] = {}
+
+    @property
+    def wire_dtype(self) -> np.dtype[Any]:
+        return self._wire_dtype
+
+    def warm(self, batch_sizes: Sequence[int]) -> None:
+        """Run (and on CUDA capture) every bucket once; afterwards no request meets a cold path.
+
+        On CPU only `batch_sizes` run: eager CPU kernels have no per-shape compilation to do,
+        and a pass of a large bucket there costs seconds.
+        """
+        if self.device.type == "cuda":
+            sizes = set(self.buckets)
+        else:
+            sizes = {bucket_for(b, self.buckets) for b in batch_sizes}
+        with torch.inference_mode():
+            # Largest first: later (smaller) graphs reuse the first one's memory pool.
+            pool = None
+            for bucket in sorted(sizes, reverse=True):
+                started = time.perf_counter()
+                if self.cuda_graphs:
+                    pool = self._capture(bucket, pool)
+                else:
+                    with self._on_stream():
+                        self._forward(bucket)
+                    self._sync()
+                log.info(
+                    "warmed batch bucket %d on %s (%s%s) in %.3f s",
+                    bucket,
+                    self.device,
+                    self.precision,
+                    ", CUDA graph" if self.cuda_graphs else "",
+                    time.perf_counter() - started,
+                )
+
+    def _capture(self, bucket: int, pool: Any) -> Any:
+        assert self._stream is not None
+        inputs = self._device_in[bucket]
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._stream):
+            for _ in range(_CAPTURE_WARMUP_PASSES):
+                self._module(inputs)
+        torch.cuda.current_stream(self.device).wait_stream(self._stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool, stream=self._stream):
+            self._graph_out[bucket] = self._module(inputs)
+        self._graphs[bucket] = graph
+        graph.replay()
+        self._sync()
+        return graph.pool()
+
+    def _forward(self, bucket: int) -> torch.Tensor:
+        if self.cuda_graphs:
+            self._graphs[bucket].replay()
+            return self._graph_out[bucket]
+        out: torch.Tensor = self._module(self._device_in[bucket])
+        return out
+
+    def _on_stream(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.cuda.stream(self._stream) if self._stream else contextlib.nullcontext()
+
+    def _sync(self) -> None:
+        # Kernels run asynchronously: without a sync the phase times would be launch times.
+        if self._stream is not None:
+            self._stream.synchronize()
+
+    def execute(
+        self, arrays: Sequence[np.ndarray[Any, Any]]
+    ) -> tuple[np.ndarray[Any, Any], PhaseTimes]:
+        """Embeddings [sum of rows, D] float32 for the requests' inputs, in order."""
+        rows = sum(a.shape[0] for a in arrays)
+        bucket = bucket_for(rows, self.buckets)
+        start_ns = time.perf_counter_ns()
+        host = self._host_in[bucket].numpy()
+        offset = 0
+        for array in arrays:
+            # The one copy of a request's bytes: wire buffer -> (pinned) host buffer. Rows past
+            # `rows` keep stale data; each row's embedding depends on that row alone.
+            host[offset : offset + array.shape[0]] = array
+            offset += array.shape[0]
+        with torch.inference_mode(), self._on_stream():
+            self._device_in[bucket].copy_(self._host_in[bucket], non_blocking=True)
+            self._sync()
+            input_ns = time.perf_counter_ns()
+            out = self._forward(bucket)
+            self._sync()
+            infer_ns = time.perf_counter_ns()
+            self._host_out[:rows].copy_(out[:rows], non_blocking=True)
+            self._sync()
+        # The host buffer is reused by the next batch: hand out a copy (rows x D, small).
+        result = self._host_out[:rows].numpy().copy()
+        output_ns = time.perf_counter_ns()
+        return result, PhaseTimes(
+            start_ns, input_ns - start_ns, infer_ns - input_ns, output_ns - infer_ns
+        )
