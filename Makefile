@@ -87,6 +87,11 @@ bench: $(STAMP) ## Benchmarks that print numbers: the load generator vs wrk and 
 	  apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null; }
 	$(PY) benchmarks/loadgen.py --out results/bench/loadgen.json
 
+.PHONY: gpu-bench
+gpu-bench: ## On a CUDA machine: in-process ceiling vs served PyTorch and Triton, one table
+	PYTHONPATH=operator:bench-jobs:images/serve$${PYTHONPATH:+:$$PYTHONPATH} \
+	  $(if $(wildcard $(PY)),$(PY),python3) benchmarks/gpu_bench.py --out results/bench/gpu.json
+
 .PHONY: test-cluster
 test-cluster: $(STAMP) ## The operator and the chart on a real control plane (builds or reuses it)
 	hack/build-tools.sh build

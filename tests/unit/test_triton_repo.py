@@ -422,3 +422,30 @@ def test_command_makes_a_relative_repository_absolute(
         fake_install(tmp_path / "wheel"), Path("results/repo"), 1, 2, 3, backend_dir=tmp_path
     )
     assert f"--model-repository={tmp_path / 'results' / 'repo'}" in command.argv
+
+
+def test_pytorch_runtime_config_places_one_instance_on_each_gpu() -> None:
+    text = triton_repo.build_pytorch_backend_config(
+        "vit", builtin="vit-b32-clip", seed=3, weights=None, max_batch_size=32,
+        precision="fp16", gpus=[0, 1], preferred_batch_sizes=[], max_queue_delay_us=50,
+        torch_version="2.11.0", python_path=["/src/images/serve"], warmup_batch_sizes=[1, 32],
+    )  # fmt: skip
+    config = parse(text)
+    (group,) = config.instance_group
+    assert group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert list(group.gpus) == [0, 1] and group.count == 1
+    params = {key: value.string_value for key, value in config.parameters.items()}
+    assert params["model_runtime"] == "pytorch"
+    assert params["runtime"] == "pytorch 2.11.0 cuda fp16 via Triton python backend"
+    assert (params["builtin"], params["seed"], params["precision"]) == ("vit-b32-clip", "3", "fp16")
+    assert params["python_path"] == "/src/images/serve"
+    assert [w.batch_size for w in config.model_warmup] == [1, 32]
+
+
+def test_pytorch_runtime_needs_a_gpu() -> None:
+    with pytest.raises(ValueError, match="at least one GPU"):
+        triton_repo.build_pytorch_backend_config(
+            "vit", builtin="vit-b32-clip", seed=0, weights=None, max_batch_size=8,
+            precision="fp16", gpus=[], preferred_batch_sizes=[], max_queue_delay_us=0,
+            torch_version="2.11.0",
+        )  # fmt: skip

@@ -1,9 +1,13 @@
-"""Triton Python-backend model that runs the exported ONNX file in ONNX Runtime.
+"""Triton Python-backend model: the exported ONNX file in ONNX Runtime, or the PyTorch module.
 
 `triton_repo.write_python_backend_repository` copies this file to `<repo>/<model>/1/model.py`;
 it runs inside Triton's `triton_python_backend_stub`, never inside Bakeoff itself, so it
 imports nothing from `bakeoff_serve`. Everything it needs comes from config.pbtxt's
 `parameters` (written by `triton_repo.build_python_backend_config`).
+
+`parameters.model_runtime` picks what runs the model: "onnxruntime" (default) or "pytorch",
+which imports `bakeoff_serve.model` (from `parameters.python_path` when not installed) and
+runs it eagerly on the instance's GPU in `parameters.precision`.
 
 Two things make this more than a demo:
 - `execute` runs every request Triton hands it as ONE ONNX Runtime call (concatenate the
@@ -17,7 +21,9 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
@@ -162,11 +168,10 @@ def output_tensor(name: str, array: np.ndarray) -> Any:
     return pb_utils.Tensor.from_dlpack(name, handoff)
 
 
-class TritonPythonModel:
-    """The entry points Triton's Python backend calls."""
+class OrtModel:
+    """The exported ONNX file in an ONNX Runtime session on the requested provider."""
 
-    def initialize(self, args: dict[str, str]) -> None:
-        config: dict[str, Any] = json.loads(args["model_config"])
+    def __init__(self, args: Mapping[str, str], config: Mapping[str, Any]) -> None:
         params = config_parameters(config)
         # The config's "runtime" parameter is what results report; make sure it is true.
         claimed = params.get("onnxruntime_version", "")
@@ -212,7 +217,7 @@ class TritonPythonModel:
         model_path = os.path.join(
             args["model_repository"], args["model_version"], params.get("onnx_model", "")
         )
-        self._session = ort.InferenceSession(model_path, options, providers=providers)
+        self._session: Any = ort.InferenceSession(model_path, options, providers=providers)
         # ORT logs and falls back to CPU when a GPU provider fails to initialise (missing
         # CUDA/cuDNN libraries): the provider it actually bound is what counts.
         if requested[0] not in self._session.get_providers():
@@ -222,17 +227,82 @@ class TritonPythonModel:
                 "for ORT's reason. Refusing to serve on a fallback provider."
             )
 
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        (embeddings,) = self._session.run([self._output_name], {self._input_name: pixels})
+        return np.asarray(embeddings)
+
+    def close(self) -> None:
+        self._session = None  # release the ORT session (and GPU memory) before the stub exits
+
+
+class TorchModel:
+    """Bakeoff's PyTorch module, eager, on the instance's GPU (Triton's device id)."""
+
+    def __init__(self, args: Mapping[str, str], config: Mapping[str, Any]) -> None:
+        params = config_parameters(config)
+        # The stub ignores PYTHONPATH: the config says where bakeoff_serve lives if needed.
+        for entry in reversed(params.get("python_path", "").split(os.pathsep)):
+            if entry and entry not in sys.path:
+                sys.path.insert(0, entry)
+        import torch
+
+        from bakeoff_serve import model as model_lib  # type: ignore[import-not-found,unused-ignore]
+
+        self._torch = torch
+        kind = args.get("model_instance_kind", "")
+        if kind != "GPU":
+            raise RuntimeError(f"the pytorch runtime needs a KIND_GPU instance, got {kind!r}")
+        self._device = torch.device("cuda", int(args.get("model_instance_device_id", "0")))
+        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+        self._dtype = dtypes[params.get("precision", "fp32")]
+        weights = params.get("weights") or None
+        net, _ = model_lib.build_model(
+            params["builtin"], None if weights is None else Path(weights),
+            int(params.get("seed", "0")),
+        )  # fmt: skip
+        self._net = net.to(device=self._device, dtype=self._dtype)
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            # Request views of Triton's shared memory are read-only; torch wants writable.
+            host = pixels if pixels.flags.writeable else pixels.copy()
+            batch = torch.from_numpy(host).to(self._device)
+            out = self._net(batch.to(self._dtype)).float().cpu()
+        return np.asarray(out.numpy())
+
+    def close(self) -> None:
+        del self._net  # frees the weights on the GPU before the stub exits
+
+
+class TritonPythonModel:
+    """The entry points Triton's Python backend calls."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config: dict[str, Any] = json.loads(args["model_config"])
+        params = config_parameters(config)
+        self._input_name = str(config["input"][0]["name"])
+        self._output_name = str(config["output"][0]["name"])
+        runtime = params.get("model_runtime", "onnxruntime")
+        if runtime == "onnxruntime":
+            self._model: OrtModel | TorchModel = OrtModel(args, config)
+        elif runtime == "pytorch":
+            self._model = TorchModel(args, config)
+        else:
+            raise RuntimeError(f"unknown model_runtime {runtime!r}; known: onnxruntime, pytorch")
+        self._runtime = runtime
+
     def execute(self, requests: list[Any]) -> list[Any]:
-        """One ORT run for all requests Triton batched together; one response per request."""
+        """One model run for all requests Triton batched together; one response per request."""
         arrays: list[np.ndarray] = []
         try:
             arrays = [input_array(request, self._input_name) for request in requests]
             pixels = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
-            (embeddings,) = self._session.run([self._output_name], {self._input_name: pixels})
+            embeddings = self._model.run(pixels)
         except Exception as error:
             # Answer every request with the reason; raising here would only log it.
             rows = sum(array.shape[0] for array in arrays)
-            message = f"onnxruntime failed on {rows} rows from {len(requests)} requests: "
+            message = f"{self._runtime} failed on {rows} rows from {len(requests)} requests: "
             return [
                 pb_utils.InferenceResponse(error=pb_utils.TritonError(message + str(error)))
                 for _ in requests
@@ -246,4 +316,4 @@ class TritonPythonModel:
         ]
 
     def finalize(self) -> None:
-        self._session = None  # release the ORT session (and GPU memory) before the stub exits
+        self._model.close()
