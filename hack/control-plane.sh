@@ -171,16 +171,22 @@ binaries_present() {
   for b in kwokctl kwok etcd $K8S_COMPONENTS; do [ -x "$BIN/$b" ] || return 1; done
 }
 
-# PIDs of processes started from the cached binaries or the cluster's bin dir (kwokctl symlinks
-# the cached binaries there). Matched on /proc/PID/exe, so only this control plane's processes.
+# PIDs of this control plane's processes: started from the cached binaries or the cluster's bin
+# dir (kwokctl symlinks the cached binaries there), matched on /proc/PID/exe. Several clusters
+# (BAKEOFF_CLUSTER) run the same cached binaries, so a process counts only if its command line
+# names this cluster's directory (every component's flags point at its certs, kubeconfig or
+# data there); otherwise `down` or a repairing `up` would stop the other clusters too.
 cluster_pids() {
   local p exe
   for p in /proc/[0-9]*; do
     exe=$(readlink "$p/exe" 2>/dev/null) || continue
     case $exe in
-      "$BIN"/*|"$CLUSTER_DIR"/*) echo "${p#/proc/}" ;;
+      "$BIN"/*|"$CLUSTER_DIR"/*) ;;
+      *) continue ;;
     esac
+    tr '\0' '\n' <"$p/cmdline" 2>/dev/null | grep -qF "$CLUSTER_DIR/" && echo "${p#/proc/}"
   done
+  return 0
 }
 
 # Alive and not a zombie (kill -0 succeeds on zombies).
