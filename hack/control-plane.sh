@@ -164,7 +164,9 @@ kwokctl() {
   "$BIN/kwokctl" --name "$CLUSTER" "$@" 2>&1 | sed -E \
     -e 's/^\{.*"level":"([A-Z]+)".*"msg":"([^"]*)"(.*"err":"([^"]*)")?.*$/  kwokctl \1: \2 \4/' >&2
 }
-kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" --cache-dir "$CACHE/kubectl-cache" "$@"; }
+# The discovery cache is per cluster: clusters share 127.0.0.1 ports over time, and a cache
+# keyed by host:port would answer with another (or an older) cluster's API.
+kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" --cache-dir "$CLUSTER_DIR/kubectl-cache" "$@"; }
 
 binaries_present() {
   local b
