@@ -435,6 +435,15 @@ EXPECTED_RULES = {
         "self.gpus == 0 || (has(self.nodeSelector) && self.nodeSelector.size() > 0)",
     ),
     "suite name is a short DNS label": ("", "self.metadata.name.size() <= 40"),
+    "batch sweep is not oversize": (
+        "spec.scenarios.batchSweep",
+        "self.batchSizes.size() * (self.requests + self.warmup) <=",
+    ),
+    "concurrency sweep is not oversize": (
+        "spec.scenarios.concurrencySweep",
+        "self.levels.size() * self.batchSizes.size() * (self.requests + self.warmup) <=",
+    ),
+    "rate runs fit in runSeconds": ("spec", "<= double(self.timeouts.runSeconds)"),
 }
 
 
