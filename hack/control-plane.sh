@@ -164,23 +164,31 @@ kwokctl() {
   "$BIN/kwokctl" --name "$CLUSTER" "$@" 2>&1 | sed -E \
     -e 's/^\{.*"level":"([A-Z]+)".*"msg":"([^"]*)"(.*"err":"([^"]*)")?.*$/  kwokctl \1: \2 \4/' >&2
 }
-kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" --cache-dir "$CACHE/kubectl-cache" "$@"; }
+# The discovery cache is per cluster: clusters share 127.0.0.1 ports over time, and a cache
+# keyed by host:port would answer with another (or an older) cluster's API.
+kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_PATH" --cache-dir "$CLUSTER_DIR/kubectl-cache" "$@"; }
 
 binaries_present() {
   local b
   for b in kwokctl kwok etcd $K8S_COMPONENTS; do [ -x "$BIN/$b" ] || return 1; done
 }
 
-# PIDs of processes started from the cached binaries or the cluster's bin dir (kwokctl symlinks
-# the cached binaries there). Matched on /proc/PID/exe, so only this control plane's processes.
+# PIDs of this control plane's processes: started from the cached binaries or the cluster's bin
+# dir (kwokctl symlinks the cached binaries there), matched on /proc/PID/exe. Several clusters
+# (BAKEOFF_CLUSTER) run the same cached binaries, so a process counts only if its command line
+# names this cluster's directory (every component's flags point at its certs, kubeconfig or
+# data there); otherwise `down` or a repairing `up` would stop the other clusters too.
 cluster_pids() {
   local p exe
   for p in /proc/[0-9]*; do
     exe=$(readlink "$p/exe" 2>/dev/null) || continue
     case $exe in
-      "$BIN"/*|"$CLUSTER_DIR"/*) echo "${p#/proc/}" ;;
+      "$BIN"/*|"$CLUSTER_DIR"/*) ;;
+      *) continue ;;
     esac
+    tr '\0' '\n' <"$p/cmdline" 2>/dev/null | grep -qF "$CLUSTER_DIR/" && echo "${p#/proc/}"
   done
+  return 0
 }
 
 # Alive and not a zombie (kill -0 succeeds on zombies).

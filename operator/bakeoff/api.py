@@ -30,6 +30,21 @@ SuiteName = Annotated[
     str,
     StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
 ]
+# A label value as Kubernetes accepts it (nodeSelector values end up in pod specs; a bad one
+# would fail every Deployment the operator creates, long after `kubectl apply` succeeded).
+LabelValue = Annotated[
+    str,
+    StringConstraints(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"),
+]
+# The keys of such a map cannot carry a pattern in a structural schema: `validation.check_suite`
+# checks them (the operator reports a bad one as Validated=False).
+LABEL_KEY_PATTERN: Final = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+# Oversize sweeps: a closed-loop scenario sends at most this many requests (warm-up included)
+# per cell. A million is hours of GPU time at typical latencies; anything larger is a typo.
+MAX_SCENARIO_REQUESTS: Final = 1_000_000
 # A model name as Triton's repository layout and the /v2/models/{name} path accept it.
 ModelName = Annotated[
     str,
@@ -147,7 +162,7 @@ class Toleration(BaseModel):
 
 class NodePool(StrictModel):
     name: DnsLabel
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, LabelValue] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     gpus: int = Field(default=1, ge=0, le=16, description="GPUs per backend pod; 0 = CPU pool")
     cost_per_hour: float = Field(

@@ -237,6 +237,41 @@ CEL_RULES: Final[tuple[tuple[tuple[str, ...], CelRule], ...]] = (
         },
     ),
     (
+        ("spec", "scenarios", "batchSweep"),
+        {
+            # The API server also checks this rule against the field's default, `{}`, whose
+            # nested defaults are not filled in there: absent fields mean small defaults.
+            "rule": "!has(self.batchSizes) || !has(self.requests) || !has(self.warmup) || "
+            "self.batchSizes.size() * (self.requests + self.warmup) <= "
+            f"{api.MAX_SCENARIO_REQUESTS}",
+            "message": "batch sizes x (requests + warmup) must not exceed "
+            f"{api.MAX_SCENARIO_REQUESTS} requests per cell; lower requests or list fewer "
+            "batch sizes",
+        },
+    ),
+    (
+        ("spec", "scenarios", "concurrencySweep"),
+        {
+            "rule": "self.levels.size() * self.batchSizes.size() * (self.requests + self.warmup) "
+            f"<= {api.MAX_SCENARIO_REQUESTS}",
+            "message": "levels x batch sizes x (requests + warmup) must not exceed "
+            f"{api.MAX_SCENARIO_REQUESTS} requests per cell; lower requests, or sweep fewer "
+            "levels or batch sizes",
+        },
+    ),
+    (
+        ("spec",),
+        {
+            "rule": "!has(self.scenarios.rate) || "
+            "double(self.scenarios.rate.requestsPerSecond.size()) * "
+            "self.scenarios.rate.durationSeconds <= double(self.timeouts.runSeconds)",
+            "message": "rates x durationSeconds must fit in spec.timeouts.runSeconds, or the "
+            "benchmark Job is stopped before it ends; list fewer rates, shorten durationSeconds "
+            "or raise runSeconds",
+            "fieldPath": ".scenarios.rate",
+        },
+    ),
+    (
         ("spec", "nodePools", "[]"),
         {
             "rule": "self.gpus == 0 || (has(self.nodeSelector) && self.nodeSelector.size() > 0)",

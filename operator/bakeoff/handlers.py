@@ -15,13 +15,16 @@ import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from bakeoff import api, kube, metrics, reconcile, validation
+from bakeoff import api, kube, metrics, reconcile, redact, validation
 from bakeoff.settings import get_settings
 
 GROUP, VERSION, PLURAL = api.API_GROUP, api.API_VERSION, "benchmarksuites"
 FINISHED = (api.SuitePhase.SUCCEEDED.value, api.SuitePhase.FAILED.value)
 
 _client: kube.KubeClient | None = None
+
+# Before kopf logs its first object: no credentials or whole objects in the log (see redact).
+redact.install()
 
 
 def kube_client() -> kube.KubeClient:

@@ -7,6 +7,7 @@ we can tell, what to write instead. The CLI prints them; nothing here raises to 
 from __future__ import annotations
 
 import difflib
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -236,7 +237,12 @@ def check_suite(suite: api.BenchmarkSuite) -> list[Problem]:
                 else f"use one of: {', '.join(backend_names)}",
             )
         )
+    problems += _oversize_problems(spec)
     for index, pool in enumerate(spec.node_pools):
+        problems += [
+            Problem(f"spec.nodePools[{index}].nodeSelector", message, hint)
+            for message, hint in _label_key_problems(pool.node_selector)
+        ]
         if pool.gpus > 0 and not pool.node_selector:
             problems.append(
                 Problem(
@@ -245,6 +251,57 @@ def check_suite(suite: api.BenchmarkSuite) -> list[Problem]:
                     "select the pool's nodes, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}",
                 )
             )
+    return problems
+
+
+def _oversize_problems(spec: api.BenchmarkSuiteSpec) -> list[Problem]:
+    """Sweeps too large to ever finish: each closed-loop scenario stays under
+    MAX_SCENARIO_REQUESTS per cell, and the rate runs fit in the Job's runSeconds."""
+    problems = []
+    cap = api.MAX_SCENARIO_REQUESTS
+    scenarios = spec.scenarios
+    sweep = scenarios.batch_sweep
+    if sweep is not None:
+        total = len(sweep.batch_sizes) * (sweep.requests + sweep.warmup)
+        if total > cap:
+            problems.append(Problem("spec.scenarios.batchSweep",
+                f"{len(sweep.batch_sizes)} batch sizes x (requests {sweep.requests} + warmup "
+                f"{sweep.warmup}) = {total} requests per cell, more than {cap}",
+                "lower requests or list fewer batch sizes"))  # fmt: skip
+    levels = scenarios.concurrency_sweep
+    if levels is not None:
+        points = len(levels.levels) * len(levels.batch_sizes)
+        total = points * (levels.requests + levels.warmup)
+        if total > cap:
+            problems.append(Problem("spec.scenarios.concurrencySweep",
+                f"{len(levels.levels)} levels x {len(levels.batch_sizes)} batch sizes x "
+                f"(requests {levels.requests} + warmup {levels.warmup}) = {total} requests per "
+                f"cell, more than {cap}",
+                "lower requests, or sweep fewer levels or batch sizes"))  # fmt: skip
+    rate = scenarios.rate
+    run_seconds = spec.timeouts.run_seconds
+    if rate is not None and len(rate.requests_per_second) * rate.duration_seconds > run_seconds:
+        seconds = len(rate.requests_per_second) * rate.duration_seconds
+        problems.append(Problem("spec.scenarios.rate",
+            f"{len(rate.requests_per_second)} rates x durationSeconds {rate.duration_seconds:g} "
+            f"= {seconds:g} s, longer than timeouts.runSeconds {run_seconds}: the benchmark Job "
+            "would be stopped before it ends",
+            "list fewer rates, shorten durationSeconds or raise timeouts.runSeconds"))  # fmt: skip
+    return problems
+
+
+def _label_key_problems(selector: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(message, hint) for each nodeSelector key Kubernetes would refuse in a pod spec."""
+    problems = []
+    for key in selector:
+        prefix, _, name = key.rpartition("/")
+        if re.fullmatch(api.LABEL_KEY_PATTERN, key) and len(prefix) <= 253 and len(name) <= 63:
+            continue
+        problems.append((
+            f"key {key!r} is not a label key",
+            "use [prefix/]name: name up to 63 letters, digits, '-', '_' or '.', starting and "
+            "ending with a letter or digit; prefix a DNS subdomain, e.g. nvidia.com/gpu.product",
+        ))  # fmt: skip
     return problems
 
 

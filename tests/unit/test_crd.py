@@ -9,14 +9,13 @@ checked for presence here; the cluster tier applies the CRD to a real API server
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
+from crd_schema import child_schema, schema_errors, server_view
 from pydantic import BaseModel, ValidationError
 
 from bakeoff import api, crd
@@ -43,89 +42,6 @@ def schema(generated: Schema) -> Schema:
 def study() -> dict[str, Any]:
     document: dict[str, Any] = yaml.safe_load(STUDY.read_text())
     return document
-
-
-# ----- helpers that do what the API server does before it validates -----
-
-
-def prune_nulls(value: Any, node: Schema | None) -> None:
-    """apiextensions PruneNonNullableNullsWithoutDefaults: drop nulls the schema can't hold."""
-    if isinstance(value, dict):
-        for key in list(value):
-            sub = _child(node, key)
-            if value[key] is None and sub is not None and not sub.get("nullable"):
-                if "default" not in sub:
-                    del value[key]
-            else:
-                prune_nulls(value[key], sub)
-    elif isinstance(value, list) and node is not None:
-        for item in value:
-            prune_nulls(item, node.get("items"))
-
-
-def apply_defaults(value: Any, node: Schema | None) -> None:
-    """apiextensions structural defaulting: set absent (or non-nullable null) fields, recurse."""
-    if node is None:
-        return
-    if isinstance(value, dict):
-        for key, sub in node.get("properties", {}).items():
-            if "default" in sub and (
-                key not in value or (value[key] is None and not sub.get("nullable"))
-            ):
-                value[key] = copy.deepcopy(sub["default"])
-        for key, item in value.items():
-            apply_defaults(item, _child(node, key))
-    elif isinstance(value, list):
-        for item in value:
-            apply_defaults(item, node.get("items"))
-
-
-def _child(node: Schema | None, key: str) -> Schema | None:
-    if node is None:
-        return None
-    if key in node.get("properties", {}):
-        child: Schema = node["properties"][key]
-        return child
-    extra = node.get("additionalProperties")
-    return extra if isinstance(extra, dict) else None
-
-
-def as_draft4(node: Schema) -> Schema:
-    """OpenAPI v3.0 -> JSON Schema draft 4 for `jsonschema`.
-
-    `nullable` becomes a "null" type; unknown fields are refused, as the API server does
-    under strict field validation (kubectl's default).
-    """
-    out = {k: v for k, v in node.items() if not k.startswith("x-kubernetes-")}
-    out.pop("nullable", None)
-    if node.get("nullable"):
-        out["type"] = [node["type"], "null"]
-    if "items" in node:
-        out["items"] = as_draft4(node["items"])
-    if isinstance(node.get("additionalProperties"), dict):
-        out["additionalProperties"] = as_draft4(node["additionalProperties"])
-    if "properties" in node:
-        out["properties"] = {k: as_draft4(v) for k, v in node["properties"].items()}
-        out["additionalProperties"] = False
-    return out
-
-
-def server_view(document: dict[str, Any], root: Schema) -> dict[str, Any]:
-    """The object as the API server validates and stores it."""
-    view = copy.deepcopy(document)
-    prune_nulls(view, root)
-    apply_defaults(view, root)
-    return view
-
-
-def schema_errors(document: dict[str, Any], root: Schema) -> list[str]:
-    draft4 = as_draft4(root)
-    draft4["properties"]["metadata"] = {"type": "object"}  # the API server owns metadata
-    validator = jsonschema.Draft4Validator(draft4)
-    view = server_view(document, root)
-    return [
-        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(view)
-    ]
 
 
 def walk(node: Schema, path: str = "") -> Iterator[tuple[str, Schema]]:
@@ -435,6 +351,15 @@ EXPECTED_RULES = {
         "self.gpus == 0 || (has(self.nodeSelector) && self.nodeSelector.size() > 0)",
     ),
     "suite name is a short DNS label": ("", "self.metadata.name.size() <= 40"),
+    "batch sweep is not oversize": (
+        "spec.scenarios.batchSweep",
+        "self.batchSizes.size() * (self.requests + self.warmup) <=",
+    ),
+    "concurrency sweep is not oversize": (
+        "spec.scenarios.concurrencySweep",
+        "self.levels.size() * self.batchSizes.size() * (self.requests + self.warmup) <=",
+    ),
+    "rate runs fit in runSeconds": ("spec", "<= double(self.timeouts.runSeconds)"),
 }
 
 
@@ -470,7 +395,7 @@ def test_every_cel_rule_is_well_formed(schema: Schema) -> None:
                 # The API server refuses a fieldPath that does not name a declared field.
                 target: Schema | None = node
                 for part in rule["fieldPath"].removeprefix(".").split("."):
-                    target = _child(target, part)
+                    target = child_schema(target, part)
                     assert target is not None, f"{path}: bad fieldPath {rule['fieldPath']}"
 
 

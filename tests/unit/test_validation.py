@@ -199,6 +199,48 @@ CASES = [
         "spec.scenarios.workers",
         "greater than or equal to 1",
     ),
+    (
+        "oversize-batch-sweep",
+        "spec.scenarios.batchSweep.requests",
+        300_000,
+        "spec.scenarios.batchSweep",
+        "5 batch sizes x (requests 300000 + warmup 5) = 1500025 requests per cell",
+    ),
+    (
+        "oversize-concurrency-sweep",
+        "spec.scenarios.concurrencySweep",
+        {"levels": [1, 4, 16, 64], "batchSizes": [1, 8], "requests": 200_000},
+        "spec.scenarios.concurrencySweep",
+        "4 levels x 2 batch sizes x (requests 200000 + warmup 20) = 1600160",
+    ),
+    (
+        "rate-runs-longer-than-the-job",
+        "spec.timeouts",
+        {"runSeconds": 59},
+        "spec.scenarios.rate",
+        "2 rates x durationSeconds 30 = 60 s, longer than timeouts.runSeconds 59",
+    ),
+    (
+        "node-selector-key-not-a-label-key",
+        "spec.nodePools.0.nodeSelector",
+        {"gpu product": "A100"},
+        "spec.nodePools[0].nodeSelector",
+        "key 'gpu product' is not a label key",
+    ),
+    (
+        "node-selector-key-with-a-64-character-name",
+        "spec.nodePools.0.nodeSelector",
+        {"nvidia.com/" + "g" * 64: "A100"},
+        "spec.nodePools[0].nodeSelector",
+        "is not a label key",
+    ),
+    (
+        "node-selector-value-not-a-label-value",
+        "spec.nodePools.0.nodeSelector",
+        {"nvidia.com/gpu.product": "NVIDIA A100"},
+        "spec.nodePools[0].nodeSelector.nvidia.com/gpu.product",
+        "String should match pattern",
+    ),
 ]
 
 
