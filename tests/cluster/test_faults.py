@@ -146,7 +146,9 @@ def assert_no_twins_and_no_lost_results(
         assert cell["phase"] == "Succeeded", cell
         configmap = naming.result_name(name, backend, pool)
         assert cell["resultRef"] == f"configmap/{configmap}"
-        stored = core.read_namespaced_config_map(configmap, namespace).data[naming.RESULT_KEY]
+        stored = (core.read_namespaced_config_map(configmap, namespace).data or {})[
+            naming.RESULT_KEY
+        ]
         assert stored == published[(backend, pool)].data
         assert published[(backend, pool)].job_uid in jobs[naming.job_name(name, backend, pool)]
     assert set(status["summary"]["costPer1k"]) == {f"{b}/{p}" for b, p in measured}
