@@ -10,11 +10,15 @@
 #   hack/control-plane.sh status       print component state
 #   hack/control-plane.sh kubeconfig   print the kubeconfig path
 #   hack/control-plane.sh kubectl ARGS the matching kubectl (built with the rest) on this cluster
+#   hack/control-plane.sh restart-apiserver
+#                                      SIGKILL kube-apiserver, start it again with the same flags
+#                                      (a crash and a restart, for the cluster tier's fault tests)
 #   hack/control-plane.sh down         stop everything and delete the cluster state
 #   hack/control-plane.sh gen-mod      regenerate hack/k8s/go.mod and hack/etcd/go.mod (maintainers)
 #
 # Binaries are cached in ~/.cache/bakeoff/k8s-<version>/bin/ (override with BAKEOFF_CACHE);
-# the cluster state lives in ~/.cache/bakeoff/kwok/ (KWOK_WORKDIR).
+# the cluster state lives in ~/.cache/bakeoff/kwok/ (KWOK_WORKDIR). Several clusters can run side
+# by side under different names (BAKEOFF_CLUSTER) and KWOK_WORKDIRs: kwokctl picks unused ports.
 set -euo pipefail
 
 HACK=$(cd "$(dirname "$0")" && pwd)
@@ -286,6 +290,40 @@ cmd_down() {
   log "control plane '$CLUSTER' is down"
 }
 
+# restart-apiserver: a crash of kube-apiserver (SIGKILL, no graceful shutdown) and a restart
+# with the same command line, working directory and log file, as a supervisor (kubelet, systemd)
+# would do. kwokctl's binary runtime supervises nothing, and has no per-component restart.
+cmd_restart_apiserver() {
+  healthy || die "control plane is not up (run: $0 up)"
+  local c=kube-apiserver pidfile pid i start=$(date +%s)
+  local -a argv
+  pidfile=$CLUSTER_DIR/pids/$c.pid
+  pid=$(cat "$pidfile")
+  mapfile -d '' argv <"/proc/$pid/cmdline"
+  [ "${#argv[@]}" -gt 1 ] || die "cannot read the command line of $c (pid $pid)"
+  log "killing $c (pid $pid) with SIGKILL"
+  kill -9 "$pid"
+  for i in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
+  ! alive "$pid" || die "$c (pid $pid) survived SIGKILL"
+  # The other components must see the API server gone before it returns.
+  ! kc get --raw /readyz --request-timeout=2s >/dev/null 2>&1 || die "the API server still answers"
+  # Detached (setsid, re-parented to init when the subshell exits), like kwokctl's daemons.
+  # setsid is the background job itself (so $! is the server's pid: without job control it
+  # is no group leader, and execs the server without forking).
+  (cd "$CLUSTER_DIR" || exit 1
+   setsid "${argv[@]}" >>"$CLUSTER_DIR/logs/$c.log" 2>&1 </dev/null &
+   echo $! >"$pidfile")
+  log "started $c again (pid $(cat "$pidfile")); waiting for /readyz"
+  for i in $(seq 1 240); do
+    kc get --raw /readyz --request-timeout=2s >/dev/null 2>&1 && break
+    alive "$(cat "$pidfile")" || die "$c exited; see $CLUSTER_DIR/logs/$c.log"
+    sleep 0.25
+  done
+  kc get --raw /readyz --request-timeout=5s >/dev/null || die "$c is not ready after 60 s"
+  healthy || die "the control plane is not healthy after the restart (run: $0 status)"
+  log "$c restarted and ready in $(( $(date +%s) - start ))s"
+}
+
 cmd_status() {
   echo "Kubernetes v$K8S_VERSION, etcd v$ETCD_VERSION, kwok v$KWOK_VERSION"
   echo "binaries:   $BIN ($(binaries_present && echo complete || echo incomplete: run build))"
@@ -451,7 +489,7 @@ usage() {
 # inherited by the daemons that `up` leaves running.
 if [ -z "${BAKEOFF_CP_LOCKED:-}" ]; then
   case "${1:-}" in
-    build|up|down)
+    build|up|down|restart-apiserver)
       mkdir -p "$CACHE/locks"
       BAKEOFF_CP_LOCKED=1 exec flock -o "$CACHE/locks/control-plane.lock" "$BASH" "$HACK/control-plane.sh" "$@" ;;
   esac
@@ -467,6 +505,7 @@ main() {
     kubectl) shift; kc "$@" ;;
     nodes) healthy || die "control plane is not up (run: $0 up)"; cmd_nodes ;;
     smoke) cmd_smoke ;;
+    restart-apiserver) cmd_restart_apiserver ;;
     gen-mod) cmd_gen_mod ;;
     *) usage ;;
   esac

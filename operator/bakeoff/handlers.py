@@ -120,9 +120,15 @@ def _status_body(status: api.SuiteStatus) -> dict[str, Any]:
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+# A failed reconcile (the API server restarting, a refused request) is retried at the
+# reconcile interval, not after kopf's default back-off of 60 s: every step is re-planned from
+# the cluster's state, so retrying soon is safe, and the suite resumes as soon as it can.
+RETRY_BACKOFF_S = get_settings().reconcile_interval_s
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF_S)
+@kopf.on.resume(GROUP, VERSION, PLURAL, backoff=RETRY_BACKOFF_S)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec", backoff=RETRY_BACKOFF_S)
 def benchmarksuite_changed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
     reconcile_suite(body, logger)
 
@@ -131,6 +137,7 @@ def benchmarksuite_changed(body: kopf.Body, logger: kopf.Logger, **_: Any) -> No
     GROUP, VERSION, PLURAL,
     interval=get_settings().reconcile_interval_s,
     initial_delay=get_settings().reconcile_interval_s,  # the create/resume handler goes first
+    backoff=RETRY_BACKOFF_S,
     when=lambda status, **_: status.get("phase") not in FINISHED,
 )  # fmt: skip
 def benchmarksuite_tick(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:

@@ -113,6 +113,28 @@ def _backend_node(deployment: DeploymentObservation | None) -> str | None:
     return nodes[0] if nodes else None
 
 
+def backend_left_node(deployment: DeploymentObservation | None, node: str | None) -> str:
+    """Why the backend measured on `node` is no longer there ("" while it still is).
+
+    A node deleted (scale-down, spot reclaim), drained, or the pod evicted: the ReplicaSet
+    starts a new pod elsewhere, and a benchmark that straddles the move measured two
+    backends (and a cold start). Nodes are not read (the operator has no cluster-wide
+    access); the pods say it: none of the backend's pods is still on `node`, or it failed
+    there (the pod GC marks an orphaned pod Failed before deleting it).
+    """
+    if node is None or deployment is None:
+        return ""
+    there = [p for p in deployment.pods if p.node == node and p.phase != "Failed"]
+    if there:
+        return ""
+    elsewhere = sorted({p.node for p in deployment.pods if p.node and p.node != node})
+    now = f"now on {', '.join(elsewhere)}" if elsewhere else "no backend pod on a node now"
+    return (
+        f"backend pod left node {node} during the benchmark ({now}): the node was deleted or "
+        "drained, or the pod evicted; the measurement is void"
+    )
+
+
 def explain_not_ready(deployment: DeploymentObservation, pool: api.NodePool) -> str:
     """Why a backend is not ready, in the words a platform engineer needs."""
     for pod in deployment.pods:
@@ -205,6 +227,10 @@ def plan_cell(
             return decide(
                 api.CellPhase.FAILED, f"benchmark Job failed: {job.failed_message}", node=node
             )
+        # The node the benchmark started against (recorded then), not where a new pod went.
+        left = backend_left_node(deployment, base.node)
+        if left and cell.backend.kind is not api.BackendKind.EXTERNAL:
+            return decide(api.CellPhase.FAILED, left, node=base.node)
         if job.succeeded:
             finished = job.finished_at or job.created_at
             if _seconds(now, finished) > settings.result_grace_s:
@@ -283,9 +309,16 @@ def _later(a: api.SuitePhase, b: api.SuitePhase) -> api.SuitePhase:
     return a if PHASE_ORDER.index(a) >= PHASE_ORDER.index(b) else b
 
 
-def _results(observed: Observed, suite: api.BenchmarkSuite) -> list[CellResult]:
+def _results(
+    observed: Observed, suite: api.BenchmarkSuite, statuses: Sequence[api.CellStatus]
+) -> list[CellResult]:
+    """The results of the cells that succeeded: a failed cell's result may still arrive
+    (its Job outlived the failure, e.g. a backend that left its node) and must not count."""
+    succeeded = {(s.backend, s.pool) for s in statuses if s.phase is api.CellPhase.SUCCEEDED}
     found = []
     for cell in plan.plan_cells(suite.spec):
+        if (cell.backend.name, cell.pool.name) not in succeeded:
+            continue
         observation = observed.results.get(naming.result_name(*_names(suite, cell)))
         if observation is not None and observation.result is not None:
             found.append(observation.result)
@@ -332,7 +365,7 @@ def plan_suite(
             out.events.append(Event("Normal", "Analyzing", "all cells finished; analyzing"))
         elif previous.phase is api.SuitePhase.ANALYZING:
             failures = [(s.backend, s.pool, s.message) for s in failed]
-            verdict = analysis.analyze(suite, _results(observed, suite), failures)
+            verdict = analysis.analyze(suite, _results(observed, suite, statuses), failures)
             summary = verdict.summary()
             latency = verdict.winners.get("latency")
             winner = f"{latency.backend}/{latency.pool}" if latency else ""

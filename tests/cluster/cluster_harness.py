@@ -10,11 +10,17 @@ import asyncio
 import base64
 import json
 import logging
+import os
+import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,6 +41,9 @@ SUITES = Path(__file__).parent / "suites"
 GPU_TAINT = "nvidia.com/gpu"
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"  # set by the Job controller on its pods
 MAX_PUBLISH_ATTEMPTS = 20
+# The backend whose benchmark pods kwok fails (hack/kwok/stages.yaml, pod-bench-fail): the load
+# generator crashes before publishing, so the job driver publishes nothing for it.
+FAILING_BENCH_BACKEND = "bench-fails"
 PLURAL = "benchmarksuites"
 
 T = TypeVar("T")
@@ -167,6 +176,9 @@ class NamespaceRecorder:
         }
         self.changed = threading.Condition()
         self.errors: list[str] = []
+        # Watch errors while the test has the API server down on purpose: expected, kept apart.
+        self.outage_errors: list[str] = []
+        self.in_outage = threading.Event()
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._watch, args=(kind,), name=f"watch-{kind}", daemon=True)
@@ -250,11 +262,22 @@ class NamespaceRecorder:
                 if error.status == 410:
                     version = ""
                     continue
-                self.errors.append(f"{kind} watch: {error}")
-                self._stop.wait(1)
+                self._error(f"{kind} watch: {error}")
             except Exception as error:  # the watch thread must not die silently
-                self.errors.append(f"{kind} watch: {type(error).__name__}: {error}")
-                self._stop.wait(1)
+                self._error(f"{kind} watch: {type(error).__name__}: {error}")
+
+    def _error(self, message: str) -> None:
+        (self.outage_errors if self.in_outage.is_set() else self.errors).append(message)
+        self._stop.wait(1)
+
+    def bench_job_uids(self) -> dict[str, set[str]]:
+        """Every uid each benchmark Job name ever had (more than one: a twin was created)."""
+        with self.changed:
+            return {
+                job: set(uids)
+                for job, uids in self.jobs.uids.items()
+                if self.jobs.labels[job].get(naming.LABEL_COMPONENT) == naming.COMPONENT_BENCH
+            }
 
     def describe(self) -> str:
         with self.changed:
@@ -297,6 +320,8 @@ class Published:
     backend_kind: str
     outcome: str  # "created" or "replaced", from publish.publish
     seconds_after_job: float  # from the Job's first sighting to the ConfigMap written
+    data: str  # the ConfigMap's result document, as written
+    cell: tuple[str, str] = ("", "")  # (backend, pool)
 
 
 def resolve_env(container: Mapping[str, Any], pod: Mapping[str, Any]) -> dict[str, str]:
@@ -341,6 +366,9 @@ class JobDriver:
         self.custom = custom
         self.access = access
         self.results = results  # backend kind -> a real CellResult of that kind
+        # (backend, pool) -> a rewrite of the result document before it is written: what a
+        # broken or mismatched load generator would publish.
+        self.tamper: dict[tuple[str, str], Callable[[str], str]] = {}
         self.published: dict[str, Published] = {}  # Job uid -> what was written
         self.errors: list[str] = []  # Jobs given up on
         self.retried: list[str] = []  # attempts that failed but were retried
@@ -400,6 +428,8 @@ class JobDriver:
             labels = job["metadata"].get("labels") or {}
             if labels.get(naming.LABEL_COMPONENT) != naming.COMPONENT_BENCH:
                 continue
+            if labels.get(naming.LABEL_BACKEND) == FAILING_BENCH_BACKEND:
+                continue  # kwok fails its pods: the load generator never gets to publish
             self._first_seen.setdefault(uid, now)
             if uid in self.published or self._paused.is_set():
                 continue
@@ -447,9 +477,11 @@ class JobDriver:
         destination = publish.destination_from_env(env)
         token = self._token(pod["metadata"]["namespace"], pod_spec["serviceAccountName"])
         access = publish.ApiAccess(self.access.server, token, self.access.ca_file)
-        outcome = asyncio.run(
-            publish.publish(access, publish.result_configmap(result, destination))
-        )
+        configmap = publish.result_configmap(result, destination)
+        tamper = self.tamper.get((cell["backend"], cell["pool"]))
+        if tamper is not None:
+            configmap["data"][publish.RESULT_KEY] = tamper(configmap["data"][publish.RESULT_KEY])
+        outcome = asyncio.run(publish.publish(access, configmap))
         uid = job["metadata"]["uid"]
         return Published(
             job=job["metadata"]["name"],
@@ -459,6 +491,8 @@ class JobDriver:
             backend_kind=kind,
             outcome=outcome,
             seconds_after_job=time.monotonic() - self._first_seen.get(uid, time.monotonic()),
+            data=configmap["data"][publish.RESULT_KEY],
+            cell=(cell["backend"], cell["pool"]),
         )
 
     def describe(self) -> str:
@@ -529,3 +563,146 @@ class Operator:
         self.log.lines.append(f"----- operator stop #{self.starts}")
         assert runner.exception is None, f"kopf raised: {runner.exception!r}\n{runner.output}"
         assert runner.exit_code == 0, f"kopf exited {runner.exit_code}\n{runner.output}"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class OperatorProcess:
+    """The operator as the chart's Deployment runs it (`kopf run --standalone -m
+    bakeoff.handlers --liveness=...`), in a child process of its own.
+
+    `kill` is SIGKILL: no handler finishes, nothing is flushed or released, as when a node
+    dies or the OOM killer strikes. `start` again is the Deployment's replacement pod. The
+    process's output goes to a file, so a failed test shows what every instance logged.
+    """
+
+    def __init__(self, namespace: str, log_path: Path, env: Mapping[str, str]) -> None:
+        self.namespace = namespace
+        self.log_path = log_path
+        self.env = dict(env)
+        self.starts = 0
+        self.kills = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        assert not self.alive(), "the operator is already running"
+        port = free_port()
+        kopf = Path(sys.executable).with_name("kopf")
+        args = [
+            str(kopf), "run", "--standalone", "-m", "bakeoff.handlers", "--verbose",
+            f"--namespace={self.namespace}", f"--liveness=http://127.0.0.1:{port}/healthz",
+        ]  # fmt: skip
+        with self.log_path.open("ab") as out:
+            out.write(f"----- operator start #{self.starts + 1}: {' '.join(args)}\n".encode())
+            self._process = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
+            )
+        self.starts += 1
+
+        def live() -> bool:
+            if self._process is not None and self._process.poll() is not None:
+                raise AssertionError(
+                    f"the operator exited {self._process.returncode}:\n{self.tail()}"
+                )
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        # kopf answers its liveness endpoint once its startup handlers have run.
+        wait_for(live, 60, "the operator's liveness endpoint", self.tail)
+
+    def kill(self) -> None:
+        """SIGKILL, and reap it."""
+        assert self._process is not None and self.alive(), "the operator is not running"
+        self._process.send_signal(signal.SIGKILL)
+        self._process.wait(timeout=30)
+        self.kills += 1
+        with self.log_path.open("ab") as out:
+            out.write(f"----- operator #{self.starts} killed (SIGKILL)\n".encode())
+
+    def stop(self) -> int:
+        """SIGTERM, as Kubernetes stops a pod; returns the exit code."""
+        assert self._process is not None, "the operator never started"
+        if self.alive():
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=10)
+        return self._process.returncode
+
+    def tail(self, lines: int = 300) -> str:
+        if not self.log_path.exists():
+            return "(no output)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# ----- admission gates -------------------------------------------------------------------------
+
+
+@contextmanager
+def admission_gate(
+    namespace: str,
+    name: str,
+    resource_rule: Mapping[str, Any],
+    expression: str,
+    message: str,
+    probe: Callable[[], subprocess.CompletedProcess[str]],
+) -> Iterator[None]:
+    """Hold the cluster at a chosen step: a ValidatingAdmissionPolicy (CEL) bound to one
+    namespace denies the requests `resource_rule` matches where `expression` is false.
+
+    The operator's request is refused by the API server like any other denial, so the
+    operator stays at the step before, and the test can act there (kill it) deterministically.
+    `probe` is a server-side dry run of such a request: the gate is up once the API server
+    refuses it (the policy takes effect when the API server's informer has it).
+    """
+    full = f"{namespace}-{name}"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": full},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [dict(resource_rule)]},
+            "validations": [{"expression": expression, "message": message}],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": full},
+        "spec": {
+            "policyName": full,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+            },
+        },
+    }
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                  "items": [policy, binding]}))  # fmt: skip
+    try:
+        wait_for(lambda: message in probe().stderr, 30, f"admission gate {full} to refuse", probe)
+        yield
+    finally:
+        kubectl(
+            "delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", full,
+            "--ignore-not-found", check=False,
+        )  # fmt: skip
+        wait_for(lambda: message not in probe().stderr, 30, f"admission gate {full} to lift", probe)

@@ -25,6 +25,7 @@ from cluster_harness import (
     JobDriver,
     NamespaceRecorder,
     Operator,
+    OperatorProcess,
     kubectl,
 )
 from kubernetes import client as k8s
@@ -250,3 +251,29 @@ def operator(
     yield running
     if running.running:
         running.stop()
+
+
+@pytest.fixture
+def operator_env() -> dict[str, str]:
+    """BAKEOFF_* settings of `operator_process` beyond OPERATOR_ENV; a test overrides them
+    with @pytest.mark.parametrize("operator_env", [...])."""
+    return {}
+
+
+@pytest.fixture
+def operator_process(
+    request: pytest.FixtureRequest,
+    kubeconfig: Path,
+    namespace: str,
+    tmp_path: Path,
+    operator_env: dict[str, str],
+) -> Iterator[OperatorProcess]:
+    """The operator in a process of its own, as the chart runs it (see OperatorProcess):
+    started here, killed and restarted by the test, stopped with SIGTERM at teardown."""
+    env = {"KUBECONFIG": str(kubeconfig), **OPERATOR_ENV, **operator_env}
+    running = OperatorProcess(namespace, tmp_path / "operator.log", env)
+    add_diagnostic(request, lambda: ("operator log (process)", running.tail()))
+    running.start()
+    yield running
+    code = running.stop()
+    assert code == 0, f"the operator exited {code} on SIGTERM:\n{running.tail(50)}"

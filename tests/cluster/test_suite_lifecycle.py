@@ -179,14 +179,7 @@ def test_operator_restart_mid_suite_creates_no_duplicate_job(
     name = apply_suite(namespace, EXAMPLE)
     cells = cells_of(EXAMPLE)
 
-    def bench_jobs() -> dict[str, set[str]]:
-        with recorder.changed:
-            return {
-                job: set(uids)
-                for job, uids in recorder.jobs.uids.items()
-                if recorder.jobs.labels[job].get(naming.LABEL_COMPONENT) == naming.COMPONENT_BENCH
-            }
-
+    bench_jobs = recorder.bench_job_uids
     wait_for(bench_jobs, 60, "the first benchmark Job", recorder.describe)
     # Hold results back while the operator is down, so the restart lands mid-suite, with Jobs
     # in flight whose results arrive only after the new operator has taken over.

@@ -242,6 +242,78 @@ def test_benchmark_failures_end_the_cell_with_the_reason(
     assert any(e.type == "Warning" and e.reason == "CellFailed" for e in plan.events)
 
 
+def benchmarking_on(node: str) -> api.SuiteStatus:
+    """The pytorch/a100 cell benchmarking a backend the status recorded on `node`."""
+    previous = status_with(
+        ("pytorch", "a100", api.CellPhase.BENCHMARKING), phase=api.SuitePhase.BENCHMARKING
+    )
+    previous.cells[0] = previous.cells[0].model_copy(update={"node": node})
+    return previous
+
+
+def backend_pods(*pods: tuple[str, str]) -> DeploymentObservation:
+    name = naming.backend_name(*names("pytorch", "a100"))
+    observed = tuple(
+        PodObservation(f"{name}-{i}", node, phase, ready=phase == "Running")
+        for i, (node, phase) in enumerate(pods)
+    )
+    return DeploymentObservation(name, T0, ready_replicas=1, pods=observed)
+
+
+@pytest.mark.parametrize(
+    ("pods", "message"),
+    [
+        ((("a100-0", "Running"),), ""),
+        ((("a100-0", "Running"), ("a100-1", "Running")), ""),  # the old pod is still there
+        (
+            (("a100-1", "Running"),),
+            "backend pod left node a100-0 during the benchmark (now on a100-1)",
+        ),
+        (
+            (("a100-0", "Failed"),),
+            "backend pod left node a100-0 during the benchmark (no backend pod",
+        ),
+        ((), "backend pod left node a100-0 during the benchmark (no backend pod on a node now)"),
+    ],
+    ids=["still-there", "old-and-new", "rescheduled", "failed-by-pod-gc", "gone"],
+)
+def test_a_backend_that_leaves_its_node_mid_benchmark_fails_the_cell(
+    pods: tuple[tuple[str, str], ...], message: str
+) -> None:
+    observed = Observed(
+        deployments={"clip-vitb32-pytorch-a100": backend_pods(*pods)},
+        jobs={"clip-vitb32-pytorch-a100-bench": running_job("pytorch", "a100", succeeded=True)},
+    )
+    plan = reconcile.plan_suite(suite(benchmarking_on("a100-0")), UID, observed, T0, SETTINGS)
+    cell = next(c for c in plan.status.cells if c.backend == "pytorch" and c.pool == "a100")
+    if not message:
+        assert cell.phase is api.CellPhase.BENCHMARKING, cell
+        return
+    assert cell.phase is api.CellPhase.FAILED
+    assert cell.message.startswith(message), cell.message
+    assert cell.message.endswith("the measurement is void")
+    assert cell.node == "a100-0"  # where it was measured, not where the new pod went
+
+
+def test_a_failed_cells_late_result_is_left_out_of_the_verdict() -> None:
+    """A Job can outlive its cell's failure and still publish: that result must not win."""
+    results = {naming.result_name(*names(b, p)): result(b, p) for b, p in ALL_CELLS}
+    previous = status_with(
+        *[
+            (b, p, api.CellPhase.SUCCEEDED)
+            for b, p in ALL_CELLS
+            if (b, p) != ("pytorch", "rtx4080")
+        ],
+        ("pytorch", "rtx4080", api.CellPhase.FAILED),
+        phase=api.SuitePhase.ANALYZING,
+    )
+    plan = reconcile.plan_suite(suite(previous), UID, Observed(results=results), T0, SETTINGS)
+    assert plan.status.phase is api.SuitePhase.FAILED
+    assert plan.status.summary is not None
+    assert "pytorch/rtx4080" not in plan.status.summary.cost_per_1k
+    assert plan.status.winner != "pytorch/rtx4080"  # it wins when counted (see above)
+
+
 def test_job_succeeded_within_grace_waits_for_the_result() -> None:
     observed = Observed(
         jobs={
