@@ -171,14 +171,18 @@ binaries_present() {
   for b in kwokctl kwok etcd $K8S_COMPONENTS; do [ -x "$BIN/$b" ] || return 1; done
 }
 
-# PIDs of processes started from the cached binaries or the cluster's bin dir (kwokctl symlinks
-# the cached binaries there). Matched on /proc/PID/exe, so only this control plane's processes.
+# PIDs of this control plane's processes: started from the cached binaries or the cluster's bin
+# dir (kwokctl symlinks the cached binaries there), matched on /proc/PID/exe, AND naming this
+# cluster's directory on their command line (every daemon gets its kubeconfig, PKI or data dir
+# from there). The binaries are shared by every cluster (BAKEOFF_CLUSTER), so the exe alone
+# would also match, and `down` would stop, another cluster running beside this one.
 cluster_pids() {
   local p exe
   for p in /proc/[0-9]*; do
     exe=$(readlink "$p/exe" 2>/dev/null) || continue
     case $exe in
-      "$BIN"/*|"$CLUSTER_DIR"/*) echo "${p#/proc/}" ;;
+      "$BIN"/*|"$CLUSTER_DIR"/*)
+        tr '\0' '\n' <"$p/cmdline" 2>/dev/null | grep -qF "$CLUSTER_DIR/" && echo "${p#/proc/}" ;;
     esac
   done
 }
