@@ -139,9 +139,12 @@ def benchmarksuite_tick(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
 def benchmarksuite_event(
     type: str, namespace: str | None, name: str | None, uid: str | None, **_: Any
 ) -> None:
-    """Drop a deleted suite's series and lock. A watch event, not @on.delete: that needs a
-    finalizer (or misses a suite deleted without one); DELETED events arrive either way."""
+    """Drop a deleted suite's series and lock, and what is remembered of its namespace's
+    shared objects (the namespace itself may be being deleted). A watch event, not
+    @on.delete: that needs a finalizer (or misses a suite deleted without one); DELETED events
+    arrive either way."""
     if type == "DELETED" and name:
         metrics.forget_suite(namespace or "default", name)
+        kube_client().forget_shared(namespace or "default")
         with _locks_guard:
             _locks.pop(uid or "", None)

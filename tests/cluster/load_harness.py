@@ -363,10 +363,10 @@ def run_load(
         kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump_all(suites))
 
         def listed() -> list[dict[str, Any]]:
-            items: list[dict[str, Any]] = custom.list_namespaced_custom_object(
+            listing: dict[str, Any] = custom.list_namespaced_custom_object(
                 api.API_GROUP, api.API_VERSION, namespace, "benchmarksuites"
-            )["items"]
-            return items
+            )
+            return list(listing["items"])
 
         last_print = [started]
 
@@ -382,7 +382,11 @@ def run_load(
 
         def describe() -> str:
             phases, unfinished = _cells_by_phase(listed())
-            return f"cells by phase {dict(phases)}; unfinished: {unfinished[:20]}"
+            log = operator.log_tail(40) if operator is not None else ""
+            return (
+                f"cells by phase {dict(phases)}; unfinished: {unfinished[:20]}\n"
+                f"--- operator log (tail) ---\n{log}"
+            )
 
         final = wait_for(
             all_finished, timeout_s, f"all {shape.suites} load suites to finish", describe, POLL_S

@@ -23,7 +23,7 @@ from load_harness import (
     run_load,
 )
 
-from bakeoff import naming
+from bakeoff import kube, manifests, naming
 
 pytestmark = pytest.mark.cluster
 
@@ -85,3 +85,26 @@ def test_twenty_suites_on_sixty_gpu_nodes_all_succeed_without_twins(
         or not node.startswith(f"load-{labels[naming.LABEL_POOL]}-")
     ]
     assert misplaced == []
+
+
+def test_shared_bench_identity_is_created_once_then_again_after_forget(
+    api_client: k8s.ApiClient, core: k8s.CoreV1Api, namespace: str
+) -> None:
+    """The benchmark Jobs' ServiceAccount, Role and RoleBinding are asked for with every Job;
+    the operator's client creates them once and then skips them (the load run showed the
+    409s to be its most expensive requests), until a suite of the namespace is deleted."""
+    client = kube.KubeClient(api_client)
+    shared = manifests.build_bench_rbac(namespace)
+    assert [client.create(namespace, m) for m in shared] == [True, True, True]
+    core.delete_namespaced_service_account(naming.BENCH_SERVICE_ACCOUNT, namespace)
+    # Remembered: not asked for, so not put back (a Job now would wait for its identity) ...
+    assert [client.create(namespace, m) for m in shared] == [False, False, False]
+    names = [sa.metadata.name for sa in core.list_namespaced_service_account(namespace).items]
+    assert naming.BENCH_SERVICE_ACCOUNT not in names
+    # ... until forgotten (what a suite's DELETED event does): then it is created again,
+    # and the objects that still exist answer 409 as before.
+    client.forget_shared(namespace)
+    assert [client.create(namespace, m) for m in shared] == [True, False, False]
+    core.read_namespaced_service_account(naming.BENCH_SERVICE_ACCOUNT, namespace)
+    # Another client (a restarted operator) asks the API server, and finds all three.
+    assert [kube.KubeClient(api_client).create(namespace, m) for m in shared] == [False] * 3
