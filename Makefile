@@ -81,11 +81,15 @@ verify: $(STAMP) ## Fail if generated files are stale: regenerate crds/ and the 
 	  fi
 
 .PHONY: bench
-bench: $(STAMP) ## Benchmarks that print numbers: the load generator vs wrk and locust
+bench: $(STAMP) ## Benchmarks that print numbers: the load generator vs wrk and locust; the operator under load (20 suites x 9 cells, 60 simulated GPU nodes)
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || { \
 	  echo "==> installing wrk and nginx (Debian packages) for the load-generator benchmark"; \
 	  apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null; }
 	$(PY) benchmarks/loadgen.py --out results/bench/loadgen.json
+	@# The operator load benchmark installs the chart (helm) on the local control plane.
+	hack/build-tools.sh build
+	hack/control-plane.sh up >/dev/null
+	$(PY) benchmarks/operator_load.py --out results/bench/operator_load.json
 
 .PHONY: gpu-bench
 gpu-bench: ## On a CUDA machine: in-process ceiling vs served PyTorch and Triton, one table

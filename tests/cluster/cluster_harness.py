@@ -1,7 +1,9 @@
-"""The cluster tier's machinery: kubectl, condition waits, a namespace recorder, the job driver
-that publishes results the way the benchmark Job would, and the operator in a KopfRunner.
+"""The cluster tier's machinery: kubectl and helm, condition waits, a namespace recorder, the
+job driver that publishes results the way the benchmark Job would, and the operator, in a
+KopfRunner or, as the chart runs it, in a process of its own.
 
-`conftest.py` turns these into fixtures; tests import the helpers they call directly.
+`conftest.py` turns these into fixtures; tests import the helpers they call directly, and so
+does `benchmarks/operator_load.py` (`make bench`), which runs the cluster tier's load scenario.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ from bakeoff_bench.results import CellResult
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROL_PLANE = REPO / "hack" / "control-plane.sh"
+BUILD_TOOLS = REPO / "hack" / "build-tools.sh"
+CHART = REPO / "charts" / "bakeoff"
+TINY_SUITE = REPO / "tests" / "local" / "suites" / "tiny.yaml"
 SUITES = Path(__file__).parent / "suites"
+CRD = REPO / "crds" / "benchmarksuite.yaml"
+CRD_NAME = f"benchmarksuites.{api.API_GROUP}"
 GPU_TAINT = "nvidia.com/gpu"
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"  # set by the Job controller on its pods
 MAX_PUBLISH_ATTEMPTS = 20
@@ -72,6 +79,17 @@ def kubectl(
     return done
 
 
+def helm(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The helm built by hack/build-tools.sh, on the control plane's KUBECONFIG."""
+    done = subprocess.run(
+        [str(BUILD_TOOLS), "helm", *args],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
+    return done
+
+
 def wait_for(
     condition: Callable[[], T | None],
     timeout: float,
@@ -90,6 +108,40 @@ def wait_for(
             seen = describe() if describe is not None else value
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; saw: {seen}")
         time.sleep(interval)
+
+
+def install_crd() -> None:
+    """Apply crds/ (server-side, so a newer generated CRD replaces an older one) and wait."""
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+
+
+def create_restricted_namespace(core: k8s.CoreV1Api, name: str) -> None:
+    """A namespace that enforces the restricted Pod Security Standard."""
+    core.create_namespace(
+        k8s.V1Namespace(
+            metadata=k8s.V1ObjectMeta(
+                name=name,
+                labels={
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                    "bakeoff.dev/test": "cluster",
+                },
+            )
+        )
+    )
+
+
+def delete_namespace(name: str) -> None:
+    """Delete without waiting, after taking finalizers off the suites: suites the operator left
+    finalized would keep the namespace Terminating for ever."""
+    listed = kubectl("get", "benchmarksuites", "-n", name, "-o", "name", check=False)
+    for suite in listed.stdout.split():
+        kubectl(
+            "patch", suite, "-n", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+            check=False,
+        )  # fmt: skip
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 # ----- suites --------------------------------------------------------------------------------
@@ -151,6 +203,7 @@ class Recorded:
 
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> last version
     uids: dict[str, set[str]] = field(default_factory=dict)  # name -> every uid seen
+    first_seen: dict[str, float] = field(default_factory=dict)  # name -> time.monotonic()
     nodes: dict[str, str] = field(default_factory=dict)  # pods: name -> spec.nodeName
     labels: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> labels
 
@@ -216,6 +269,7 @@ class NamespaceRecorder:
         name = meta.get("name", "")
         with self.changed:
             recorded.uids.setdefault(name, set()).add(meta.get("uid", ""))
+            recorded.first_seen.setdefault(name, time.monotonic())
             recorded.labels[name] = dict(meta.get("labels") or {})
             node = obj.get("spec", {}).get("nodeName")
             if node:
@@ -309,6 +363,58 @@ class ClusterAccess:
                 handle.write(data)
             ca_file = handle.name
         return cls(server=cluster["server"], ca_file=ca_file)
+
+
+def token_kubeconfig(path: Path, kubeconfig: Path, namespace: str, service_account: str) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount (a bound token from
+    `kubectl create token`), as the operator pod's mounted token would."""
+    token = kubectl(
+        "create", "token", service_account, "-n", namespace, "--duration=1h"
+    ).stdout.strip()
+    access = ClusterAccess.from_kubeconfig(kubeconfig)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {
+                    "server": access.server, "certificate-authority": access.ca_file}}],
+                "users": [{"name": service_account, "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": "c", "user": service_account,
+                                                         "namespace": namespace}}],
+                "current-context": "sa",
+            }
+        )
+    )  # fmt: skip
+    return path
+
+
+def local_results(out: Path) -> dict[str, CellResult]:
+    """One real `bakeoff run --local` of the tiny suite (PyTorch server and tritonserver on
+    this machine): its two CellResults, by backend kind, for the job driver to publish."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bakeoff.cli", "run", str(TINY_SUITE), "--local", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=out,
+    )
+    if done.returncode != 0:
+        tail = done.stderr[-4000:]
+        raise AssertionError(f"bakeoff run --local exited {done.returncode}:\n{tail}")
+    cells = out / "tiny" / "cells"
+    results = {
+        api.BackendKind.PYTORCH.value: CellResult.model_validate_json(
+            (cells / "pytorch-local.json").read_text()
+        ),
+        api.BackendKind.TRITON_ONNX.value: CellResult.model_validate_json(
+            (cells / "triton-onnx-cpu-local.json").read_text()
+        ),
+    }
+    assert results["pytorch"].server.name == "bakeoff-pytorch"
+    assert results["triton-onnx"].server.name == "triton"
+    return results
 
 
 @dataclass(frozen=True)
@@ -706,3 +812,108 @@ def admission_gate(
             "--ignore-not-found", check=False,
         )  # fmt: skip
         wait_for(lambda: message not in probe().stderr, 30, f"admission gate {full} to lift", probe)
+
+
+class ChartOperatorProcess:
+    """The operator as the chart's Deployment runs it, in a child process of its own: the
+    Deployment's command, arguments and environment, authenticated by a kubeconfig (e.g. the
+    chart ServiceAccount's token). Its memory and CPU time are its own, read from /proc.
+
+    The liveness and metrics ports are moved to free ones: other operators may run on this
+    machine. Output goes to `log_path`; `stop` asserts a clean exit (SIGTERM, as a pod gets).
+    """
+
+    def __init__(
+        self,
+        command: list[str],
+        env: Mapping[str, str],
+        kubeconfig: Path,
+        log_path: Path,
+    ) -> None:
+        self.health_port, self.metrics_port = free_port(), free_port()
+        # `kopf` is the console script of this interpreter's environment, as in the image.
+        executable = Path(sys.executable).parent / command[0]
+        args = [
+            f"--liveness=http://127.0.0.1:{self.health_port}/healthz"
+            if a.startswith("--liveness=") else a
+            for a in command[1:]
+        ]  # fmt: skip
+        self.argv = [str(executable), *args]
+        self.env = {
+            **os.environ,
+            **env,
+            "BAKEOFF_METRICS_PORT": str(self.metrics_port),
+            "KUBECONFIG": str(kubeconfig),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "the operator is not running"
+        return self._process.pid
+
+    def start(self, timeout: float = 60) -> None:
+        with self.log_path.open("ab") as log_file:
+            self._process = subprocess.Popen(
+                self.argv, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        wait_for(self._healthy, timeout, "the operator's /healthz", self.log_tail)
+
+    def _healthy(self) -> bool:
+        assert self._process is not None
+        if self._process.poll() is not None:
+            code = self._process.returncode
+            raise AssertionError(f"the operator exited {code}:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(self._url(self.health_port, "/healthz"), timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        """The operator's own /metrics (bakeoff_reconcile_* and the suite gauges)."""
+        with urllib.request.urlopen(self._url(self.metrics_port, "/metrics"), timeout=5) as r:
+            text: str = r.read().decode()
+            return text
+
+    @staticmethod
+    def _url(port: int, path: str) -> str:
+        return f"http://127.0.0.1:{port}{path}"
+
+    def proc_status(self) -> dict[str, int]:
+        """VmRSS and VmHWM (peak RSS, kept by the kernel: no sampling misses a spike), bytes."""
+        wanted = {"VmRSS", "VmHWM"}
+        values = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in wanted:
+                values[key] = int(rest.split()[0]) * 1024  # reported in kB
+        return values
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time so far (/proc/PID/stat fields 14 and 15)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def log_tail(self, lines: int = 200) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 60) -> None:
+        process, self._process = self._process, None
+        assert process is not None, "the operator is not running"
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                raise AssertionError(
+                    f"the operator did not stop within {timeout:.0f} s of SIGTERM"
+                ) from None
+        assert process.returncode == 0, f"the operator exited {process.returncode}"

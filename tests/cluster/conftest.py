@@ -20,25 +20,24 @@ from pathlib import Path
 import pytest
 from cluster_harness import (
     CONTROL_PLANE,
-    REPO,
     ClusterAccess,
     JobDriver,
     NamespaceRecorder,
     Operator,
     OperatorProcess,
+    create_restricted_namespace,
+    delete_namespace,
+    install_crd,
     kubectl,
+    local_results,
 )
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.config import kube_config
 
-from bakeoff import api
 from bakeoff.settings import get_settings
 from bakeoff_bench.results import CellResult
 
-CRD = REPO / "crds" / "benchmarksuite.yaml"
-TINY_SUITE = REPO / "tests" / "local" / "suites" / "tiny.yaml"
-CRD_NAME = f"benchmarksuites.{api.API_GROUP}"
 # Short timings, read once by bakeoff.settings (and the timer interval when bakeoff.handlers
 # is imported, which happens in the first KopfRunner): set before either.
 # No metrics exporter: tests run several operators in one process, one after another.
@@ -102,8 +101,7 @@ def kubeconfig() -> Iterator[Path]:
                 "interval is fixed at import); run tests/cluster in its own pytest process",
                 pytrace=False,
             )
-        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-        kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+        install_crd()
         yield path
     get_settings.cache_clear()
 
@@ -127,32 +125,9 @@ def custom(api_client: k8s.ApiClient) -> k8s.CustomObjectsApi:
 def real_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, CellResult]:
     """One real `bakeoff run --local` of the tiny suite (PyTorch server and tritonserver on
     this machine): its two CellResults, by backend kind, for the job driver to publish."""
-    out = tmp_path_factory.mktemp("local-run")
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "bakeoff.cli", "run", str(TINY_SUITE), "--local", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        cwd=out,
-    )
-    if done.returncode != 0:
-        pytest.fail(
-            f"bakeoff run --local exited {done.returncode}:\n{done.stderr[-4000:]}", pytrace=False
-        )
-    print(f"\nlocal run of {TINY_SUITE.name} in {time.monotonic() - started:.1f} s")
-    cells = out / "tiny" / "cells"
-    results = {
-        api.BackendKind.PYTORCH.value: CellResult.model_validate_json(
-            (cells / "pytorch-local.json").read_text()
-        ),
-        api.BackendKind.TRITON_ONNX.value: CellResult.model_validate_json(
-            (cells / "triton-onnx-cpu-local.json").read_text()
-        ),
-    }
-    assert results["pytorch"].server.name == "bakeoff-pytorch"
-    assert results["triton-onnx"].server.name == "triton"
+    results = local_results(tmp_path_factory.mktemp("local-run"))
+    print(f"\nlocal run of the tiny suite in {time.monotonic() - started:.1f} s")
     return results
 
 
@@ -166,18 +141,7 @@ def namespace(request: pytest.FixtureRequest, core: k8s.CoreV1Api) -> Iterator[s
     stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_").lower())
     stem = stem[:40].strip("-")
     name = f"{stem}-{uuid.uuid4().hex[:5]}"
-    core.create_namespace(
-        k8s.V1Namespace(
-            metadata=k8s.V1ObjectMeta(
-                name=name,
-                labels={
-                    "pod-security.kubernetes.io/enforce": "restricted",
-                    "pod-security.kubernetes.io/enforce-version": "latest",
-                    "bakeoff.dev/test": "cluster",
-                },
-            )
-        )
-    )
+    create_restricted_namespace(core, name)
     add_diagnostic(
         request,
         lambda: (
@@ -199,14 +163,7 @@ def namespace(request: pytest.FixtureRequest, core: k8s.CoreV1Api) -> Iterator[s
         ),
     )  # fmt: skip
     yield name
-    # Suites the operator left finalized would keep the namespace Terminating for ever.
-    listed = kubectl("get", "benchmarksuites", "-n", name, "-o", "name", check=False)
-    for suite in listed.stdout.split():
-        kubectl(
-            "patch", suite, "-n", name, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
-            check=False,
-        )  # fmt: skip
-    kubectl("delete", "namespace", name, "--wait=false", check=False)
+    delete_namespace(name)
 
 
 @pytest.fixture
