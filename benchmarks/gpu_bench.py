@@ -72,6 +72,7 @@ class InProcess:
     parity_min_cosine: float
     parity_max_abs: float
     parity_passed: bool
+    model: str = ""
 
 
 @dataclass
@@ -109,6 +110,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("results/bench/gpu.json"))
     parser.add_argument("--iterations", type=int, default=300, help="timed passes per point")
     parser.add_argument("--skip-triton", action="store_true")
+    parser.add_argument("--skip-tiny", action="store_true", help=f"no {TINY} runs")
     parser.add_argument("--log-dir", type=Path, default=None, help="server logs (default: tmp)")
     return parser.parse_args()
 
@@ -123,7 +125,23 @@ def _parity(reference: np.ndarray[Any, Any], other: np.ndarray[Any, Any]) -> tup
     return min(cosines), float(np.max(np.abs(reference - other)))
 
 
-def measure_in_process(builtin: str, iterations: int) -> tuple[list[InProcess], list[list[float]]]:
+IN_PROCESS_CONFIGS: Final = tuple(
+    (precision, graphs, fmt)
+    for precision in ("fp32", "fp16", "bf16")
+    for graphs in (False, True)
+    for fmt in ("fp32", "uint8")
+    if not (fmt == "uint8" and precision == "fp32")
+)
+# A model of about 1/100 of ViT-B/32's compute: its served numbers are the server's own cost.
+TINY: Final = "vit-tiny-clip"
+TINY_CONFIG: Final = ("fp16", True, "uint8", False, 1)
+
+
+def measure_in_process(
+    builtin: str,
+    iterations: int,
+    configs: tuple[tuple[str, bool, str], ...] = IN_PROCESS_CONFIGS,
+) -> tuple[list[InProcess], list[list[float]]]:
     """The table (a), and fp32 eager's outputs for the parity images (the reference)."""
     size = model.BUILTIN_MODELS[builtin].image_size
     shape = [PARITY_ROWS, 3, size, size]
@@ -142,47 +160,43 @@ def measure_in_process(builtin: str, iterations: int) -> tuple[list[InProcess], 
     reference, _ = reference_runner.execute([_parity_input("fp32", shape)])
     del reference_runner
     rows: list[InProcess] = []
-    for precision in ("fp32", "fp16", "bf16"):
-        for graphs in (False, True):
-            for fmt in ("fp32", "uint8"):
-                if fmt == "uint8" and precision == "fp32":
-                    continue
-                engine = make(precision, graphs, fmt)
-                outputs, _ = engine.execute([_parity_input(fmt, shape)])
-                cosine, max_abs = _parity(reference, outputs)
-                for batch in BATCHES:
-                    inputs = _parity_input(fmt, [batch, 3, size, size])
-                    for _ in range(20):
-                        engine.execute([inputs])
-                    totals, forwards = [], []
-                    count = iterations if batch == 1 else max(50, iterations // 3)
-                    for _ in range(count):
-                        started = time.perf_counter_ns()
-                        _, phases = engine.execute([inputs])
-                        totals.append((time.perf_counter_ns() - started) / 1e6)
-                        forwards.append(phases.infer_ns / 1e6)
-                    mean = statistics.fmean(totals)
-                    rows.append(
-                        InProcess(
-                            precision, graphs, fmt, batch,
-                            p50_ms=statistics.median(totals), mean_ms=mean,
-                            forward_p50_ms=statistics.median(forwards),
-                            images_per_s=batch / mean * 1000.0,
-                            parity_min_cosine=cosine, parity_max_abs=max_abs,
-                            parity_passed=cosine >= MIN_COSINE,
-                        )
-                    )  # fmt: skip
-                print(
-                    f"  in-process {precision} graphs={graphs} input={fmt}: "
-                    + ", ".join(
-                        f"b{r.batch} p50 {r.p50_ms:.3f} ms ({r.images_per_s:,.0f} img/s)"
-                        for r in rows[-len(BATCHES) :]
-                    )
-                    + f"; parity cosine {cosine:.6f}",
-                    flush=True,
+    for precision, graphs, fmt in configs:
+        engine = make(precision, graphs, fmt)
+        outputs, _ = engine.execute([_parity_input(fmt, shape)])
+        cosine, max_abs = _parity(reference, outputs)
+        for batch in BATCHES:
+            inputs = _parity_input(fmt, [batch, 3, size, size])
+            for _ in range(20):
+                engine.execute([inputs])
+            totals, forwards = [], []
+            count = iterations if batch == 1 else max(50, iterations // 3)
+            for _ in range(count):
+                started = time.perf_counter_ns()
+                _, phases = engine.execute([inputs])
+                totals.append((time.perf_counter_ns() - started) / 1e6)
+                forwards.append(phases.infer_ns / 1e6)
+            mean = statistics.fmean(totals)
+            rows.append(
+                InProcess(
+                    precision, graphs, fmt, batch,
+                    p50_ms=statistics.median(totals), mean_ms=mean,
+                    forward_p50_ms=statistics.median(forwards),
+                    images_per_s=batch / mean * 1000.0,
+                    parity_min_cosine=cosine, parity_max_abs=max_abs,
+                    parity_passed=cosine >= MIN_COSINE, model=builtin,
                 )
-                del engine
-                torch.cuda.empty_cache()
+            )  # fmt: skip
+        print(
+            f"  in-process {precision} graphs={graphs} input={fmt}: "
+            + ", ".join(
+                f"b{r.batch} p50 {r.p50_ms:.3f} ms ({r.images_per_s:,.0f} img/s)"
+                for r in rows[-len(BATCHES) :]
+            )
+            + f"; parity cosine {cosine:.6f}",
+            flush=True,
+        )
+        del engine
+        torch.cuda.empty_cache()
     return rows, reference.tolist()
 
 
@@ -216,6 +230,7 @@ def run_load(http_url: str, metrics_url: str | None, iterations: int) -> dict[st
                 "p99_ms": p.latency.p99_ms,
                 "images_per_s": p.inferences_per_s,
                 "server": p.server.model_dump() if p.server else None,
+                "client": p.client.model_dump() if p.client else None,
             }
             for p in points
         ],
@@ -242,9 +257,10 @@ def measure_served_pytorch(
     iterations: int,
     log_dir: Path,
     reference: list[list[float]],
+    configs: tuple[tuple[str, bool, str, bool, int], ...] = SERVED_CONFIGS,
 ) -> list[tuple[Served, dict[str, Any]]]:
     out = []
-    for precision, graphs, fmt, dynamic, instances in SERVED_CONFIGS:
+    for precision, graphs, fmt, dynamic, instances in configs:
         http, grpc = process.free_port(), process.free_port()
         options = [
             f"--input-format={fmt}",
@@ -259,7 +275,7 @@ def measure_served_pytorch(
         )  # fmt: skip
         mode = "graphs" if graphs else "eager"
         label = f"{precision}-{mode}-{fmt}{'-dynamic' if dynamic else ''}-x{instances}"
-        log = log_dir / f"pytorch-{label}.log"
+        log = log_dir / f"pytorch-{builtin}-{label}.log"
         with process.running_server(command, log):
             base = f"http://127.0.0.1:{http}"
             load = run_load(base, f"{base}/metrics", iterations)
@@ -267,6 +283,8 @@ def measure_served_pytorch(
         batch_ceiling = _ceiling(rows, precision, graphs, fmt, 32)
         server = "bakeoff-pytorch" + (" dynamic-batching 100us" if dynamic else "")
         server += f" {instances} instance{'s' if instances > 1 else ''}"
+        if builtin == TINY:
+            server += f" {TINY}"
         served = _served(
             server,
             precision,
@@ -440,7 +458,7 @@ def _print_tables(rows: list[InProcess], served: list[Served]) -> None:
         print(
             f"{r.precision:9} {'yes' if r.cuda_graphs else 'no':6} {r.input_format:5} {r.batch:5d} "
             f"{r.p50_ms:8.3f} {r.forward_p50_ms:8.3f} {r.images_per_s:9,.0f} "
-            f"{r.parity_min_cosine:9.6f} {'pass' if r.parity_passed else 'FAIL'}"
+            f"{r.parity_min_cosine:9.6f} {'pass' if r.parity_passed else 'FAIL'} {r.model}"
         )
     print("\n(b)/(c) served on loopback by Bakeoff's load generator vs the ceiling")
     print(
@@ -475,6 +493,13 @@ def main() -> int:
     rows, reference = measure_in_process(args.builtin, args.iterations)
     print("(b) served: Bakeoff's PyTorch server", flush=True)
     served_pairs = measure_served_pytorch(args.builtin, rows, args.iterations, log_dir, reference)
+    if not args.skip_tiny:
+        print(f"(b') served: the same server with {TINY}: what the server itself costs", flush=True)
+        tiny_rows, tiny_reference = measure_in_process(TINY, args.iterations, (TINY_CONFIG[:3],))
+        rows += tiny_rows
+        served_pairs += measure_served_pytorch(
+            TINY, tiny_rows, args.iterations, log_dir, tiny_reference, (TINY_CONFIG,)
+        )
     served = [s for s, _ in served_pairs]
     loads = {
         f"{s.server} {s.precision} graphs={s.cuda_graphs} {s.input_format}": load["points"]

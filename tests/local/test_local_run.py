@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 pytestmark = pytest.mark.local
 
@@ -94,9 +95,14 @@ def test_a_cell_that_cannot_start_fails_with_its_reason_and_the_other_completes(
 
 
 def test_ctrl_c_stops_every_server_and_keeps_finished_results(tmp_path: Path) -> None:
+    # Long enough a Triton measurement (seconds, not a fraction of one) that the interrupt
+    # surely lands inside it, however fast the machine.
+    suite = yaml.safe_load((SUITES / "tiny.yaml").read_text())
+    suite["spec"]["scenarios"]["single"] = {"requests": 3000, "warmup": 5}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(suite))
     t0 = time.time()
     runner = subprocess.Popen(
-        [*BAKEOFF, "run", str(SUITES / "tiny.yaml"), "--local", "--out", "out"],
+        [*BAKEOFF, "run", "tiny.yaml", "--local", "--out", "out"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

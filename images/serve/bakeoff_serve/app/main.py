@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bakeoff_serve import engine, grpc_service, oip, server_metrics
 from bakeoff_serve.app.dependencies import ServerState, error_response
+from bakeoff_serve.app.infer_path import InferFastPath
 from bakeoff_serve.app.routers import health, metrics, models
 from bakeoff_serve.app.settings import Settings
 
@@ -134,6 +135,7 @@ def create_app(settings: Settings, on_fatal: FatalHandler | None = None) -> Fast
         openapi_url=None,
     )
     _install_error_handlers(app)
+    app.add_middleware(InferFastPath)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(metrics.router)

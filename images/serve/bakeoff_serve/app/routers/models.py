@@ -1,18 +1,14 @@
-"""Model-level KServe v2 endpoints: metadata, readiness, configuration and inference.
+"""Model-level KServe v2 endpoints: metadata, readiness and configuration.
 
-The infer handler is the HTTP edge of the request path: `oip` decodes and validates, the
-engine runs the model in its worker thread, `oip` encodes, and `server_metrics` records the
-outcome under Triton's names. Client mistakes arrive here as `oip.OipError` and leave as
-`{"error": message}` with a 4xx (see the handler in `app.main`).
+Inference is not routed here: `app.infer_path` answers it before FastAPI's router, to keep
+the framework's per-request cost out of every measured millisecond.
 """
 
 from __future__ import annotations
 
-import time
+from fastapi import APIRouter, Response
 
-from fastapi import APIRouter, Request, Response
-
-from bakeoff_serve import model_configs, oip
+from bakeoff_serve import oip
 from bakeoff_serve.app.dependencies import StateDep, json_response
 
 router = APIRouter(tags=["models"])
@@ -42,41 +38,3 @@ async def model_config(model_name: str, state: StateDep, model_version: str = ""
     oip.resolve_model(state.signature, model_name, model_version)
     state.require_ready()  # provenance is only known once the weights are loaded
     return json_response(state.model_config())
-
-
-@router.post(_MODEL + "/infer")
-@router.post(_VERSIONED + "/infer")
-async def infer(
-    model_name: str, request: Request, state: StateDep, model_version: str = ""
-) -> Response:
-    signature = state.signature
-    oip.resolve_model(signature, model_name, model_version)
-    state.require_ready()
-    body = await request.body()
-    # Like Triton, the request clock starts once the body is in: network time is the client's.
-    started_ns = time.perf_counter_ns()
-    try:
-        decoded = oip.decode_http_infer(
-            signature,
-            body,
-            request.headers.get(oip.HEADER_LENGTH),
-            request.headers.get("content-encoding"),
-        )
-        embeddings, timings = await state.engine.infer(decoded.inputs[model_configs.INPUT_NAME])
-        content, headers = oip.encode_http_infer(
-            signature, decoded, {model_configs.OUTPUT_NAME: embeddings}
-        )
-    except oip.OipError:
-        state.metrics.record_failure(signature.name, signature.version, "OTHER")
-        raise
-    except Exception:
-        state.metrics.record_failure(signature.name, signature.version, "BACKEND")
-        raise
-    state.metrics.record_success(
-        signature.name,
-        signature.version,
-        batch_size=decoded.batch_size,
-        request_duration_ns=time.perf_counter_ns() - started_ns,
-        timings=timings,
-    )
-    return Response(content, headers=headers)
