@@ -61,6 +61,13 @@ class InputFormat(StrEnum):
     FP32_TENSOR = "fp32-tensor"
 
 
+class WireInput(StrEnum):
+    """How the pytorch backend takes the images: the same pixels either way."""
+
+    FP32 = "fp32"  # FP32 in [0, 1], what every backend accepts
+    UINT8 = "uint8"  # the 8-bit pixels: a quarter of the bytes, scaled on the GPU
+
+
 class BackendKind(StrEnum):
     PYTORCH = "pytorch"
     TRITON_ONNX = "triton-onnx"
@@ -143,8 +150,23 @@ class Backend(StrictModel):
     )
     max_batch_size: int = Field(default=32, gt=0, le=1024)
     dynamic_batching: DynamicBatching | None = Field(
-        default=None, description="Triton dynamic batching; triton-onnx only"
+        default=None,
+        description="Merge queued requests into one execution (Triton's dynamic batcher, or "
+        "the pytorch server's own); not for kind external",
     )
+    input_format: WireInput = Field(
+        default=WireInput.FP32,
+        description="pytorch only: uint8 sends the 8-bit pixels (a quarter of the bytes), "
+        "scaled on the GPU",
+    )
+    cuda_graphs: bool | None = Field(
+        default=None,
+        description="pytorch only: one CUDA graph per batch bucket; default on GPU pools",
+    )
+    instances_per_gpu: int = Field(
+        default=1, ge=1, le=8,
+        description="pytorch only: model instances per GPU, overlapping copies and compute",
+    )  # fmt: skip
     endpoint: Endpoint | None = Field(default=None, description="kind external only")
     pools: list[DnsLabel] | None = Field(
         default=None, max_length=16, description="Measure on these pools only; default: all"

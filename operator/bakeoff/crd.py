@@ -190,9 +190,37 @@ CEL_RULES: Final[tuple[tuple[tuple[str, ...], CelRule], ...]] = (
     (
         ("spec", "backends", "[]"),
         {
-            "rule": "self.kind == 'triton-onnx' || !has(self.dynamicBatching)",
-            "message": "dynamicBatching applies to kind triton-onnx only; remove it",
+            "rule": "self.kind != 'external' || !has(self.dynamicBatching)",
+            "message": "dynamicBatching does not apply to kind external (it is measured as it "
+            "runs); remove it",
             "fieldPath": ".dynamicBatching",
+            "reason": "FieldValueForbidden",
+        },
+    ),
+    (
+        ("spec", "backends", "[]"),
+        {
+            "rule": "self.kind == 'pytorch' || self.inputFormat == 'fp32'",
+            "message": "inputFormat applies to kind pytorch only; remove it",
+            "fieldPath": ".inputFormat",
+            "reason": "FieldValueForbidden",
+        },
+    ),
+    (
+        ("spec", "backends", "[]"),
+        {
+            "rule": "self.kind == 'pytorch' || !has(self.cudaGraphs)",
+            "message": "cudaGraphs applies to kind pytorch only; remove it",
+            "fieldPath": ".cudaGraphs",
+            "reason": "FieldValueForbidden",
+        },
+    ),
+    (
+        ("spec", "backends", "[]"),
+        {
+            "rule": "self.kind == 'pytorch' || self.instancesPerGpu == 1",
+            "message": "instancesPerGpu applies to kind pytorch only; remove it",
+            "fieldPath": ".instancesPerGpu",
             "reason": "FieldValueForbidden",
         },
     ),

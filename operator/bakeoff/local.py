@@ -122,6 +122,8 @@ def backend_command(
             warmup_batch_sizes=plan.warmup_batch_sizes(spec, backend),
             seed=spec.model.seed,
             weights=weights,
+            # A local run serves on one GPU at most (cuda:0), whatever the pool says.
+            options=plan.pytorch_server_options(backend, 0 if device == "cpu" else 1),
         )
         metrics_url = f"http://127.0.0.1:{http_port}/metrics"
     else:

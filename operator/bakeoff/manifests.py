@@ -133,6 +133,7 @@ def _pytorch_containers(
         "--host", "0.0.0.0", "--http-port", str(HTTP_PORT), "--grpc-port", str(GRPC_PORT),
         "--max-batch-size", str(backend.max_batch_size), "--warmup-batch-sizes", warm,
     ]  # fmt: skip
+    args += plan.pytorch_server_options(backend, pool.gpus if uses_gpu(pool, s) else 0)
     if spec.model.source.weights:
         args += ["--weights", spec.model.source.weights]
     image = s.pytorch_image if uses_gpu(pool, s) else s.cpu_mock_image

@@ -44,6 +44,24 @@ def warmup_batch_sizes(spec: api.BenchmarkSuiteSpec, backend: api.Backend) -> li
     return sorted(s for s in sizes if s <= backend.max_batch_size)
 
 
+def pytorch_server_options(backend: api.Backend, gpus: int) -> list[str]:
+    """The pytorch server's serving flags for a backend on a pool with `gpus` GPUs (0: CPU).
+
+    One model instance per GPU (times instancesPerGpu); CUDA graphs are the server's default
+    on a GPU and do not exist on CPU, so an explicit choice is passed on GPUs only.
+    """
+    options = [f"--input-format={backend.input_format.value}"]
+    if gpus > 0:
+        options += [f"--gpus={gpus}", f"--instances-per-device={backend.instances_per_gpu}"]
+        if backend.cuda_graphs is not None:
+            options.append("--cuda-graphs" if backend.cuda_graphs else "--no-cuda-graphs")
+    if backend.dynamic_batching is not None:
+        options.append("--dynamic-batching")
+        delay = backend.dynamic_batching.max_queue_delay_microseconds
+        options.append(f"--max-queue-delay-us={delay}")
+    return options
+
+
 def image_size(spec: api.BenchmarkSuiteSpec) -> int:
     return BUILTIN_MODELS[spec.model.source.builtin.value].image_size
 

@@ -140,14 +140,27 @@ def check_suite(suite: api.BenchmarkSuite) -> list[Problem]:
                         "remove it; the pytorch backend runs on the pool's device",
                     )
                 )
-            if backend.dynamic_batching is not None:
+            batching = backend.dynamic_batching
+            if batching is not None and batching.preferred_batch_sizes:
                 problems.append(
                     Problem(
-                        f"{at}.dynamicBatching",
-                        "dynamicBatching applies to kind triton-onnx only",
-                        "remove it",
+                        f"{at}.dynamicBatching.preferredBatchSizes",
+                        "preferredBatchSizes applies to kind triton-onnx only",
+                        "remove it; the pytorch server batches up to maxBatchSize",
                     )
                 )
+        else:
+            for field, changed in (
+                ("inputFormat", backend.input_format is not api.WireInput.FP32),
+                ("cudaGraphs", backend.cuda_graphs is not None),
+                ("instancesPerGpu", backend.instances_per_gpu != 1),
+            ):
+                if changed:
+                    problems.append(
+                        Problem(
+                            f"{at}.{field}", f"{field} applies to kind pytorch only", "remove it"
+                        )
+                    )
         if backend.kind is api.BackendKind.TRITON_ONNX:
             if backend.execution_provider is None:
                 problems.append(

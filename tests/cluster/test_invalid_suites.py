@@ -120,6 +120,8 @@ REJECTIONS: list[tuple[str, list[tuple[str, Any]], str, str]] = [
      "spec.model.source.builtin", 'Unsupported value: "resnet50"'),
     ("execution-provider-on-pytorch", [("spec.backends.0.executionProvider", "cuda")],
      "spec.backends[0].executionProvider", "triton-onnx only"),
+    ("uint8-input-on-triton", [("spec.backends.1.inputFormat", "uint8")],
+     "spec.backends[1].inputFormat", "pytorch only"),
     ("tensorrt-in-bf16", [("spec.backends.1.executionProvider", "tensorrt"),
                           ("spec.backends.1.precision", "bf16")],
      "spec.backends[1].precision", "not bf16"),

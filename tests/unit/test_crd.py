@@ -332,9 +332,21 @@ EXPECTED_RULES = {
     ),
     "cpu/cuda need fp32": ("spec.backends[]", "['cpu', 'cuda']) || self.precision == 'fp32'"),
     "tensorrt is not bf16": ("spec.backends[]", "self.precision != 'bf16'"),
-    "dynamicBatching only for triton-onnx": (
+    "dynamicBatching not for external": (
         "spec.backends[]",
-        "self.kind == 'triton-onnx' || !has(self.dynamicBatching)",
+        "self.kind != 'external' || !has(self.dynamicBatching)",
+    ),
+    "inputFormat only for pytorch": (
+        "spec.backends[]",
+        "self.kind == 'pytorch' || self.inputFormat == 'fp32'",
+    ),
+    "cudaGraphs only for pytorch": (
+        "spec.backends[]",
+        "self.kind == 'pytorch' || !has(self.cudaGraphs)",
+    ),
+    "instancesPerGpu only for pytorch": (
+        "spec.backends[]",
+        "self.kind == 'pytorch' || self.instancesPerGpu == 1",
     ),
     "preferred sizes <= maxBatchSize": (
         "spec.backends[]",

@@ -115,3 +115,43 @@ def test_long_names_are_bounded_and_stay_distinct() -> None:
     b = naming.job_name("s" * 40, "b" * 40, "pool-b")
     assert len(a) <= 63 and len(b) <= 63 and a != b
     assert naming.job_name("s", "b", "p") == "s-b-p-bench"
+
+
+def _suite_with(backend_changes: dict[str, Any], gpus: int) -> Any:
+    document = STUDY.model_dump(mode="json", by_alias=True, exclude_none=True)
+    document["spec"]["backends"][0].update(backend_changes)
+    for pool in document["spec"]["nodePools"]:
+        pool["gpus"] = gpus
+    return validation.parse_suite(document)
+
+
+def test_pytorch_on_a_two_gpu_pool_serves_one_instance_per_gpu_with_its_options() -> None:
+    suite = _suite_with(
+        {
+            "inputFormat": "uint8",
+            "instancesPerGpu": 2,
+            "cudaGraphs": False,
+            "dynamicBatching": {"maxQueueDelayMicroseconds": 100},
+        },
+        gpus=2,
+    )
+    cell = next(c for c in plan.plan_cells(suite.spec) if c.backend.kind.value == "pytorch")
+    server = pod_spec(manifests.build_backend_deployment(suite, UID, cell, GPU))["containers"][0]
+    assert server["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    for flag in (
+        "--input-format=uint8",
+        "--gpus=2",
+        "--instances-per-device=2",
+        "--no-cuda-graphs",
+        "--dynamic-batching",
+        "--max-queue-delay-us=100",
+    ):
+        assert flag in server["args"]
+
+
+def test_cpu_mock_pytorch_gets_no_gpu_flags() -> None:
+    suite = _suite_with({"inputFormat": "uint8", "cudaGraphs": True}, gpus=2)
+    cell = next(c for c in plan.plan_cells(suite.spec) if c.backend.kind.value == "pytorch")
+    args = pod_spec(manifests.build_backend_deployment(suite, UID, cell, MOCK))["containers"][0]
+    assert "--input-format=uint8" in args["args"]
+    assert not [a for a in args["args"] if a.startswith(("--gpus", "--cuda-graphs"))]

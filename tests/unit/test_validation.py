@@ -108,6 +108,20 @@ CASES = [
         "triton-onnx only",
     ),
     (
+        "uint8-input-on-triton",
+        "spec.backends.1.inputFormat",
+        "uint8",
+        "spec.backends[1].inputFormat",
+        "pytorch only",
+    ),
+    (
+        "preferred-sizes-on-pytorch",
+        "spec.backends.0.dynamicBatching",
+        {"preferredBatchSizes": [8]},
+        "spec.backends[0].dynamicBatching.preferredBatchSizes",
+        "triton-onnx only",
+    ),
+    (
         "missing-provider",
         "spec.backends.1.executionProvider",
         DELETE,
@@ -313,3 +327,15 @@ def test_cli_validate_unreadable_documents(
 def test_cli_validate_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["validate", "/nonexistent/suite.yaml"]) == cli.EXIT_BAD_INPUT
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_pytorch_serving_options_are_accepted() -> None:
+    document = with_change("spec.backends.0.dynamicBatching", {"maxQueueDelayMicroseconds": 100})
+    document["spec"]["backends"][0].update(
+        {"inputFormat": "uint8", "cudaGraphs": True, "instancesPerGpu": 2}
+    )
+    suite = validation.parse_suite(document)
+    pytorch = suite.spec.backends[0]
+    assert (pytorch.input_format.value, pytorch.cuda_graphs, pytorch.instances_per_gpu) == (
+        "uint8", True, 2,
+    )  # fmt: skip
