@@ -111,6 +111,10 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=300, help="timed passes per point")
     parser.add_argument("--skip-triton", action="store_true")
     parser.add_argument("--skip-tiny", action="store_true", help=f"no {TINY} runs")
+    parser.add_argument(
+        "--multi-gpu", action="store_true",
+        help="only: one server on 1 GPU vs on every GPU (fp16, CUDA graphs, UINT8)",
+    )  # fmt: skip
     parser.add_argument("--log-dir", type=Path, default=None, help="server logs (default: tmp)")
     return parser.parse_args()
 
@@ -134,6 +138,7 @@ IN_PROCESS_CONFIGS: Final = tuple(
 )
 # A model of about 1/100 of ViT-B/32's compute: its served numbers are the server's own cost.
 TINY: Final = "vit-tiny-clip"
+LEVELS: Final = [1, 2, 4, 8]
 TINY_CONFIG: Final = ("fp16", True, "uint8", False, 1)
 
 
@@ -200,19 +205,23 @@ def measure_in_process(
     return rows, reference.tolist()
 
 
-def _bench_config(http_url: str, metrics_url: str | None, iterations: int) -> BenchConfig:
+def _bench_config(
+    http_url: str, metrics_url: str | None, iterations: int, levels: list[int]
+) -> BenchConfig:
     return BenchConfig(
         suite="gpu-bench", backend="served", pool="local",
         target=Target(http_url=http_url, metrics_url=metrics_url, model_name=MODEL_NAME),
         concurrency_sweep=ConcurrencySweepScenario(
-            levels=[1, 2, 4, 8], batch_sizes=[1, 32], requests=iterations, warmup=30
+            levels=levels, batch_sizes=[1, 32], requests=iterations, warmup=30
         ),
         seed=SEED, parity_batch=PARITY_ROWS,
     )  # fmt: skip
 
 
-def run_load(http_url: str, metrics_url: str | None, iterations: int) -> dict[str, Any]:
-    config = _bench_config(http_url, metrics_url, iterations)
+def run_load(
+    http_url: str, metrics_url: str | None, iterations: int, levels: list[int] = LEVELS
+) -> dict[str, Any]:
+    config = _bench_config(http_url, metrics_url, iterations, levels)
     result = asyncio.run(runner.run_bench(config, progress=lambda message: None))
     points = result.concurrency_sweep
     single = next(p for p in points if p.batch_size == 1 and p.concurrency == 1)
@@ -258,6 +267,8 @@ def measure_served_pytorch(
     log_dir: Path,
     reference: list[list[float]],
     configs: tuple[tuple[str, bool, str, bool, int], ...] = SERVED_CONFIGS,
+    gpus: int = 1,
+    levels: list[int] = LEVELS,
 ) -> list[tuple[Served, dict[str, Any]]]:
     out = []
     for precision, graphs, fmt, dynamic, instances in configs:
@@ -266,6 +277,7 @@ def measure_served_pytorch(
             f"--input-format={fmt}",
             "--cuda-graphs" if graphs else "--no-cuda-graphs",
             f"--instances-per-device={instances}",
+            f"--gpus={gpus}",
         ]
         if dynamic:
             options += ["--dynamic-batching", "--max-queue-delay-us=100"]
@@ -274,17 +286,19 @@ def measure_served_pytorch(
             options=options,
         )  # fmt: skip
         mode = "graphs" if graphs else "eager"
-        label = f"{precision}-{mode}-{fmt}{'-dynamic' if dynamic else ''}-x{instances}"
+        label = f"{precision}-{mode}-{fmt}{'-dynamic' if dynamic else ''}-x{instances}-g{gpus}"
         log = log_dir / f"pytorch-{builtin}-{label}.log"
         with process.running_server(command, log):
             base = f"http://127.0.0.1:{http}"
-            load = run_load(base, f"{base}/metrics", iterations)
+            load = run_load(base, f"{base}/metrics", iterations, levels)
         single_ceiling = _ceiling(rows, precision, graphs, fmt, 1)
         batch_ceiling = _ceiling(rows, precision, graphs, fmt, 32)
         server = "bakeoff-pytorch" + (" dynamic-batching 100us" if dynamic else "")
         server += f" {instances} instance{'s' if instances > 1 else ''}"
         if builtin == TINY:
             server += f" {TINY}"
+        if gpus > 1:
+            server += f" on {gpus} GPUs"
         served = _served(
             server,
             precision,
@@ -477,6 +491,38 @@ def _print_tables(rows: list[InProcess], served: list[Served]) -> None:
         )
 
 
+def multi_gpu(args: argparse.Namespace, env: dict[str, Any], log_dir: Path) -> int:
+    """One server with one instance per GPU, on 1 GPU and on all: how serving scales."""
+    config = ("fp16", True, "uint8", False, 1)
+    rows, reference = measure_in_process(args.builtin, args.iterations, (config[:3],))
+    levels = [1, 2, 4, 8, 16, 32]
+    pairs = []
+    for gpus in sorted({1, env["gpus"]}):
+        pairs += measure_served_pytorch(
+            args.builtin, rows, args.iterations, log_dir, reference, (config,), gpus, levels
+        )
+    served = [s for s, _ in pairs]
+    _print_tables(rows, served)
+    one, most = served[0], served[-1]
+    factor = most.batch32_images_per_s / one.batch32_images_per_s
+    print(
+        f"\nscaling 1 -> {env['gpus']} GPUs: batch 32 {one.batch32_images_per_s:,.0f} -> "
+        f"{most.batch32_images_per_s:,.0f} img/s (x{factor:.2f}); "
+        f"batch 1 at 8 in flight {one.single_c8_images_per_s:,.0f} -> "
+        f"{most.single_c8_images_per_s:,.0f} img/s"
+    )
+    report = {
+        "environment": env,
+        "in_process": [asdict(r) for r in rows],
+        "served": [asdict(s) for s in served],
+        "served_points": {s.server: load["points"] for s, load in pairs},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main() -> int:
     args = _parse_args()
     if not torch.cuda.is_available():
@@ -489,6 +535,8 @@ def main() -> int:
     )
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="bakeoff-gpu-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
+    if args.multi_gpu:
+        return multi_gpu(args, env, log_dir)
     print("(a) in-process", flush=True)
     rows, reference = measure_in_process(args.builtin, args.iterations)
     print("(b) served: Bakeoff's PyTorch server", flush=True)
