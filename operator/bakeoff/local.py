@@ -9,8 +9,11 @@ reason and the others still run. Results land in `<out>/<suite>/` as they are pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,8 +163,31 @@ def backend_command(
 
 def _bench(config: bench_config.BenchConfig, progress: Progress) -> CellResult:
     # The load generator's own event loop (uvloop when installed), as in the benchmark Job.
-    with asyncio.Runner(loop_factory=bench_client.event_loop_factory()) as runner:
+    with _ctrl_c_raises(), asyncio.Runner(loop_factory=bench_client.event_loop_factory()) as runner:
         return runner.run(bench_runner.run_bench(config, progress))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _ctrl_c_raises() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt at once, inside the measurement too.
+
+    asyncio.Runner would otherwise turn it into a cancellation of the measuring task, and a
+    cancellation that lands while that task awaits a helper it has just cancelled itself (a
+    progress reporter, a ticker) is absorbed there: the run went on to the end. Raising from
+    the handler stops the loop wherever it is; the caller stops the servers and says so.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _measure_external(suite: api.BenchmarkSuite, cell: plan.Cell, progress: Progress) -> CellResult:

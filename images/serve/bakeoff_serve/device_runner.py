@@ -44,6 +44,9 @@ INPUT_DTYPES: Final[dict[str, tuple[str, np.dtype[Any], torch.dtype]]] = {
 # Eager passes before a capture, on the capture stream: cuBLAS/cuDNN pick their kernels and
 # allocate workspaces outside the graph (what torch.cuda.graphs' documentation asks for).
 _CAPTURE_WARMUP_PASSES: Final = 3
+# Batches up to this many input bytes are launched from the event loop (see runs_inline):
+# a UINT8 batch of 6 images or an FP32 one of 1, about.
+INLINE_MAX_BYTES: Final = 1 << 20
 
 
 def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
@@ -205,10 +208,18 @@ class DeviceRunner:
         if self._stream is not None:
             self._stream.synchronize()
 
-    def execute(
-        self, arrays: Sequence[np.ndarray[Any, Any]]
-    ) -> tuple[np.ndarray[Any, Any], PhaseTimes]:
-        """Embeddings [sum of rows, D] float32 for the requests' inputs, in order."""
+    def runs_inline(self, arrays: Sequence[np.ndarray[Any, Any]]) -> bool:
+        """Whether this batch may be launched from the event loop's own thread.
+
+        A graph replay is one launch (tens of microseconds of CPU) and a small batch's
+        staging copy is as short; handing them to a worker thread and back costs more than
+        that (two thread wake-ups). Large batches stay in the worker, where their staging
+        copy runs beside the event loop instead of stalling it.
+        """
+        return self.cuda_graphs and sum(a.nbytes for a in arrays) <= INLINE_MAX_BYTES
+
+    def launch(self, arrays: Sequence[np.ndarray[Any, Any]]) -> Launched:
+        """Stage the requests' inputs and start the batch; on CUDA it returns before the end."""
         rows = sum(a.shape[0] for a in arrays)
         bucket = bucket_for(rows, self.buckets)
         start_ns = time.perf_counter_ns()
@@ -227,30 +238,54 @@ class DeviceRunner:
                 out = self._forward(bucket)
                 infer_ns = time.perf_counter_ns()
                 self._host_out[:rows].copy_(out[:rows])
-                phases = (input_ns - start_ns, infer_ns - input_ns)
-            else:
-                # One sync for the whole batch; CUDA events time the phases on the GPU, so
-                # timing them costs no extra round trip (a sync per phase would).
-                marks = self._events
-                marks[0].record(self._stream)
-                self._device_in[bucket].copy_(self._host_in[bucket], non_blocking=True)
-                marks[1].record(self._stream)
-                out = self._forward(bucket)
-                marks[2].record(self._stream)
-                self._host_out[:rows].copy_(out[:rows], non_blocking=True)
-                marks[3].record(self._stream)
-                marks[3].synchronize()
-                phases = (
-                    staged_ns - start_ns + _event_ns(marks[0], marks[1]),
-                    _event_ns(marks[1], marks[2]),
-                )
+                return Launched(rows, start_ns, (input_ns - start_ns, infer_ns - input_ns))
+            # One sync for the whole batch; CUDA events time the phases on the GPU, so timing
+            # them costs no extra round trip (a sync per phase would).
+            marks = self._events
+            marks[0].record(self._stream)
+            self._device_in[bucket].copy_(self._host_in[bucket], non_blocking=True)
+            marks[1].record(self._stream)
+            out = self._forward(bucket)
+            marks[2].record(self._stream)
+            self._host_out[:rows].copy_(out[:rows], non_blocking=True)
+            marks[3].record(self._stream)
+        return Launched(rows, start_ns, None, staged_ns - start_ns)
+
+    def done(self) -> bool:
+        """True once the last launched batch has finished (never blocks)."""
+        return self._stream is None or bool(self._events[3].query())  # type: ignore[no-untyped-call]
+
+    def collect(self, launched: Launched) -> tuple[np.ndarray[Any, Any], PhaseTimes]:
+        """The launched batch's embeddings [rows, D] float32, waiting for it if needed."""
+        if launched.cpu_phases is not None:
+            input_ns, infer_ns = launched.cpu_phases
+        else:
+            marks = self._events
+            marks[3].synchronize()
+            input_ns = launched.staging_ns + _event_ns(marks[0], marks[1])
+            infer_ns = _event_ns(marks[1], marks[2])
         # The host buffer is reused by the next batch: hand out a copy (rows x D, small).
-        result = self._host_out[:rows].numpy().copy()
-        end_ns = time.perf_counter_ns()
-        input_ns, infer_ns = phases
+        result = self._host_out[: launched.rows].numpy().copy()
+        total_ns = time.perf_counter_ns() - launched.start_ns
         return result, PhaseTimes(
-            start_ns, input_ns, infer_ns, max(0, end_ns - start_ns - input_ns - infer_ns)
+            launched.start_ns, input_ns, infer_ns, max(0, total_ns - input_ns - infer_ns)
         )
+
+    def execute(
+        self, arrays: Sequence[np.ndarray[Any, Any]]
+    ) -> tuple[np.ndarray[Any, Any], PhaseTimes]:
+        """Embeddings [sum of rows, D] float32 for the requests' inputs, in order (blocking)."""
+        return self.collect(self.launch(arrays))
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A batch on its way: what `collect` needs to finish it."""
+
+    rows: int
+    start_ns: int
+    cpu_phases: tuple[int, int] | None  # (input, infer) ns, measured on CPU; None on CUDA
+    staging_ns: int = 0  # request bytes -> pinned buffer, on CUDA
 
 
 def _timing_event() -> torch.cuda.Event:
