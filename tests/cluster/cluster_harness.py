@@ -679,57 +679,67 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    """The operator as the chart's Deployment runs it (`kopf run --standalone -m
-    bakeoff.handlers --liveness=...`), in a child process of its own.
+    """The operator in a child process of its own, as the chart's Deployment runs it (`kopf
+    run --standalone -m bakeoff.handlers --liveness=...`); its memory and CPU are its own.
 
     `kill` is SIGKILL: no handler finishes, nothing is flushed or released, as when a node
-    dies or the OOM killer strikes. `start` again is the Deployment's replacement pod. The
-    process's output goes to a file, so a failed test shows what every instance logged.
+    dies or the OOM killer strikes; `start` again is the Deployment's replacement pod; `stop`
+    is SIGTERM, as a pod gets. Liveness and metrics move to free ports (other operators may
+    run on this machine). Output goes to `log_path`, so a failed test shows every instance's.
     """
 
-    def __init__(self, namespace: str, log_path: Path, env: Mapping[str, str]) -> None:
-        self.namespace = namespace
-        self.log_path = log_path
+    def __init__(self, argv: list[str], env: Mapping[str, str], log_path: Path) -> None:
+        # `kopf` is the console script of this interpreter's environment, as in the image.
+        self.argv = [str(Path(sys.executable).with_name(argv[0])), *argv[1:]]
         self.env = dict(env)
+        self.log_path = log_path
         self.starts = 0
         self.kills = 0
+        self.health_port = self.metrics_port = 0
         self._process: subprocess.Popen[bytes] | None = None
 
+    @classmethod
+    def watching(cls, namespace: str, log_path: Path, env: Mapping[str, str]) -> OperatorProcess:
+        """The chart's command, watching one namespace, with kopf's verbose log."""
+        argv = [
+            "kopf", "run", "--standalone", "-m", "bakeoff.handlers", "--verbose",
+            f"--namespace={namespace}", "--liveness=http://0.0.0.0:8080/healthz",
+        ]  # fmt: skip
+        return cls(argv, env, log_path)
+
     @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+    def pid(self) -> int:
+        assert self._process is not None, "the operator never started"
+        return self._process.pid
 
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self) -> None:
+    def start(self, timeout: float = 60) -> None:
         assert not self.alive(), "the operator is already running"
-        port = free_port()
-        kopf = Path(sys.executable).with_name("kopf")
-        args = [
-            str(kopf), "run", "--standalone", "-m", "bakeoff.handlers", "--verbose",
-            f"--namespace={self.namespace}", f"--liveness=http://127.0.0.1:{port}/healthz",
+        self.health_port, self.metrics_port = free_port(), free_port()
+        argv = [
+            f"--liveness=http://127.0.0.1:{self.health_port}/healthz"
+            if a.startswith("--liveness=") else a
+            for a in self.argv
         ]  # fmt: skip
+        env = {**os.environ, **self.env, "BAKEOFF_METRICS_PORT": str(self.metrics_port),
+               "PYTHONUNBUFFERED": "1"}  # fmt: skip
         with self.log_path.open("ab") as out:
-            out.write(f"----- operator start #{self.starts + 1}: {' '.join(args)}\n".encode())
-            self._process = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
-            )
+            out.write(f"----- operator start #{self.starts + 1}: {' '.join(argv)}\n".encode())
+            self._process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.starts += 1
-
-        def live() -> bool:
-            if self._process is not None and self._process.poll() is not None:
-                raise AssertionError(
-                    f"the operator exited {self._process.returncode}:\n{self.tail()}"
-                )
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
-                    return bool(r.status == 200)
-            except OSError:
-                return False
-
         # kopf answers its liveness endpoint once its startup handlers have run.
-        wait_for(live, 60, "the operator's liveness endpoint", self.tail)
+        wait_for(self._live, timeout, "the operator's liveness endpoint", self.tail)
+
+    def _live(self) -> bool:
+        if self._process is not None and self._process.poll() is not None:
+            raise AssertionError(f"the operator exited {self._process.returncode}:\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(self._url(self.health_port, "/healthz"), timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
 
     def kill(self) -> None:
         """SIGKILL, and reap it."""
@@ -751,6 +761,31 @@ class OperatorProcess:
                 self._process.kill()
                 self._process.wait(timeout=10)
         return self._process.returncode
+
+    def metrics(self) -> str:
+        """The operator's own /metrics (bakeoff_reconcile_* and the suite gauges)."""
+        with urllib.request.urlopen(self._url(self.metrics_port, "/metrics"), timeout=5) as r:
+            text: str = r.read().decode()
+            return text
+
+    @staticmethod
+    def _url(port: int, path: str) -> str:
+        return f"http://127.0.0.1:{port}{path}"
+
+    def proc_status(self) -> dict[str, int]:
+        """VmRSS and VmHWM (peak RSS, kept by the kernel: no sampling misses a spike), bytes."""
+        wanted = {"VmRSS", "VmHWM"}
+        values = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in wanted:
+                values[key] = int(rest.split()[0]) * 1024  # reported in kB
+        return values
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time so far (/proc/PID/stat fields 14 and 15)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def tail(self, lines: int = 300) -> str:
         if not self.log_path.exists():
@@ -812,108 +847,3 @@ def admission_gate(
             "--ignore-not-found", check=False,
         )  # fmt: skip
         wait_for(lambda: message not in probe().stderr, 30, f"admission gate {full} to lift", probe)
-
-
-class ChartOperatorProcess:
-    """The operator as the chart's Deployment runs it, in a child process of its own: the
-    Deployment's command, arguments and environment, authenticated by a kubeconfig (e.g. the
-    chart ServiceAccount's token). Its memory and CPU time are its own, read from /proc.
-
-    The liveness and metrics ports are moved to free ones: other operators may run on this
-    machine. Output goes to `log_path`; `stop` asserts a clean exit (SIGTERM, as a pod gets).
-    """
-
-    def __init__(
-        self,
-        command: list[str],
-        env: Mapping[str, str],
-        kubeconfig: Path,
-        log_path: Path,
-    ) -> None:
-        self.health_port, self.metrics_port = free_port(), free_port()
-        # `kopf` is the console script of this interpreter's environment, as in the image.
-        executable = Path(sys.executable).parent / command[0]
-        args = [
-            f"--liveness=http://127.0.0.1:{self.health_port}/healthz"
-            if a.startswith("--liveness=") else a
-            for a in command[1:]
-        ]  # fmt: skip
-        self.argv = [str(executable), *args]
-        self.env = {
-            **os.environ,
-            **env,
-            "BAKEOFF_METRICS_PORT": str(self.metrics_port),
-            "KUBECONFIG": str(kubeconfig),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.log_path = log_path
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self._process is not None, "the operator is not running"
-        return self._process.pid
-
-    def start(self, timeout: float = 60) -> None:
-        with self.log_path.open("ab") as log_file:
-            self._process = subprocess.Popen(
-                self.argv, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        wait_for(self._healthy, timeout, "the operator's /healthz", self.log_tail)
-
-    def _healthy(self) -> bool:
-        assert self._process is not None
-        if self._process.poll() is not None:
-            code = self._process.returncode
-            raise AssertionError(f"the operator exited {code}:\n{self.log_tail()}")
-        try:
-            with urllib.request.urlopen(self._url(self.health_port, "/healthz"), timeout=2):
-                return True
-        except OSError:
-            return False
-
-    def metrics(self) -> str:
-        """The operator's own /metrics (bakeoff_reconcile_* and the suite gauges)."""
-        with urllib.request.urlopen(self._url(self.metrics_port, "/metrics"), timeout=5) as r:
-            text: str = r.read().decode()
-            return text
-
-    @staticmethod
-    def _url(port: int, path: str) -> str:
-        return f"http://127.0.0.1:{port}{path}"
-
-    def proc_status(self) -> dict[str, int]:
-        """VmRSS and VmHWM (peak RSS, kept by the kernel: no sampling misses a spike), bytes."""
-        wanted = {"VmRSS", "VmHWM"}
-        values = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in wanted:
-                values[key] = int(rest.split()[0]) * 1024  # reported in kB
-        return values
-
-    def cpu_seconds(self) -> float:
-        """User plus system CPU time so far (/proc/PID/stat fields 14 and 15)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def log_tail(self, lines: int = 200) -> str:
-        if not self.log_path.exists():
-            return "(no log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, timeout: float = 60) -> None:
-        process, self._process = self._process, None
-        assert process is not None, "the operator is not running"
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                raise AssertionError(
-                    f"the operator did not stop within {timeout:.0f} s of SIGTERM"
-                ) from None
-        assert process.returncode == 0, f"the operator exited {process.returncode}"

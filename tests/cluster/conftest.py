@@ -228,7 +228,7 @@ def operator_process(
     """The operator in a process of its own, as the chart runs it (see OperatorProcess):
     started here, killed and restarted by the test, stopped with SIGTERM at teardown."""
     env = {"KUBECONFIG": str(kubeconfig), **OPERATOR_ENV, **operator_env}
-    running = OperatorProcess(namespace, tmp_path / "operator.log", env)
+    running = OperatorProcess.watching(namespace, tmp_path / "operator.log", env)
     add_diagnostic(request, lambda: ("operator log (process)", running.tail()))
     running.start()
     yield running

@@ -34,9 +34,9 @@ import yaml
 from cluster_harness import (
     CHART,
     REPO,
-    ChartOperatorProcess,
     JobDriver,
     NamespaceRecorder,
+    OperatorProcess,
     helm,
     kubectl,
     token_kubeconfig,
@@ -331,17 +331,22 @@ def run_load(
         "--set", "operator.nodeSelector.bakeoff\\.dev/pool=system",
     )  # fmt: skip
     schemas = build_flow_schemas(namespace, release)
-    operator: ChartOperatorProcess | None = None
+    operator: OperatorProcess | None = None
     try:
         apply_documents(schemas)
         deployment = yaml.safe_load(
             kubectl("get", "deployment", release, "-n", namespace, "-o", "yaml").stdout
         )
         container = deployment["spec"]["template"]["spec"]["containers"][0]
-        operator = ChartOperatorProcess(
+        operator_kubeconfig = token_kubeconfig(
+            workdir / "operator-sa.yaml", kubeconfig, namespace, release
+        )
+        operator = OperatorProcess(
             [*container["command"], *container["args"]],
-            {e["name"]: e["value"] for e in container["env"]},
-            token_kubeconfig(workdir / "operator-sa.yaml", kubeconfig, namespace, release),
+            {
+                **{e["name"]: e["value"] for e in container["env"]},
+                "KUBECONFIG": str(operator_kubeconfig),
+            },
             workdir / "operator.log",
         )
         operator.start()
@@ -382,7 +387,7 @@ def run_load(
 
         def describe() -> str:
             phases, unfinished = _cells_by_phase(listed())
-            log = operator.log_tail(40) if operator is not None else ""
+            log = operator.tail(40) if operator is not None else ""
             return (
                 f"cells by phase {dict(phases)}; unfinished: {unfinished[:20]}\n"
                 f"--- operator log (tail) ---\n{log}"
@@ -446,7 +451,8 @@ def run_load(
         return report
     finally:
         if operator is not None:
-            operator.stop()
+            code = operator.stop()
+            assert code == 0, f"the operator exited {code} on SIGTERM:\n{operator.tail(50)}"
         kubectl("delete", "flowschemas", *[s["metadata"]["name"] for s in schemas],
                 "--ignore-not-found", check=False)  # fmt: skip
         helm("uninstall", release, "-n", namespace, "--wait=false")
