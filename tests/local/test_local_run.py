@@ -143,3 +143,26 @@ def test_run_without_local_says_how_to_run_on_a_cluster(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "kubectl apply -f" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_uint8_pytorch_with_dynamic_batching_agrees_with_fp32_triton(tmp_path: Path) -> None:
+    """The same pixels reach both: UINT8 to the PyTorch server, pixel / 255 as FP32 to Triton."""
+    suite = yaml.safe_load((SUITES / "tiny.yaml").read_text())
+    suite["spec"]["backends"][0].update(
+        {"inputFormat": "uint8", "dynamicBatching": {"maxQueueDelayMicroseconds": 200}}
+    )
+    suite["spec"]["scenarios"]["concurrencySweep"] = {"levels": [4], "requests": 40}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(suite))
+    done = run_bakeoff("run", "tiny.yaml", "--local", "--out", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    suite_dir = tmp_path / "out" / "tiny"
+    pytorch = json.loads((suite_dir / "cells" / "pytorch-local.json").read_text())
+    assert "uint8-input" in pytorch["server"]["runtime"]
+    assert "dynamic-batching 200us" in pytorch["server"]["runtime"]
+    (point,) = pytorch["concurrencySweep"]
+    assert point["requests"] == 40 and point["failed"] == 0
+    # Four requests in flight, a 200 us queue delay: some ran together.
+    assert point["server"]["executions"] < point["server"]["requests"]
+    summary = json.loads((suite_dir / "summary.json").read_text())
+    (parity,) = summary["parity"]
+    assert parity["passed"] is True and parity["minCosine"] >= 0.9999

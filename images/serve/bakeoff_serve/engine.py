@@ -240,7 +240,7 @@ class InferenceEngine:
         finally:
             self._free.put_nowait(runner_index)
         ranges = batching.split_rows([pending.array.shape[0] for pending in batch])
-        for pending, (start, stop) in zip(batch, ranges, strict=True):
+        for index, (pending, (start, stop)) in enumerate(zip(batch, ranges, strict=True)):
             if pending.future.done():  # the client went away
                 continue
             timings = server_metrics.ExecTimings(
@@ -248,6 +248,7 @@ class InferenceEngine:
                 compute_input_ns=phases.input_ns,
                 compute_infer_ns=phases.infer_ns,
                 compute_output_ns=phases.output_ns,
+                first_of_execution=index == 0,
             )
             pending.future.set_result((result[start:stop], timings))
 

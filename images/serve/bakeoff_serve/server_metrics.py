@@ -83,6 +83,9 @@ class ExecTimings:
     compute_input_ns: int
     compute_infer_ns: int
     compute_output_ns: int
+    # Requests batched together share one execution: only the first counts it, so that
+    # nv_inference_exec_count counts model runs, as Triton's does.
+    first_of_execution: bool = True
 
 
 @dataclass(frozen=True)
@@ -142,12 +145,12 @@ class ServerMetrics:
         request_duration_ns: int,
         timings: ExecTimings,
     ) -> None:
-        """One successful request of `batch_size` images served by one model execution."""
+        """One successful request of `batch_size` images (its execution counted once)."""
         with self._lock:
             counters = self._models.setdefault((model, version), _ModelCounters())
             counters.request_success += 1
             counters.inference_count += batch_size
-            counters.exec_count += 1
+            counters.exec_count += int(timings.first_of_execution)
             # Triton sums per-request microseconds; converting per request keeps that rounding.
             counters.request_duration_us += request_duration_ns // 1000
             counters.queue_duration_us += timings.queue_ns // 1000
