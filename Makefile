@@ -91,6 +91,11 @@ bench: $(STAMP) ## Benchmarks that print numbers: the load generator vs wrk and 
 	hack/control-plane.sh up >/dev/null
 	$(PY) benchmarks/operator_load.py --out results/bench/operator_load.json
 
+.PHONY: test-gpu
+test-gpu: ## On a CUDA machine: the GPU serving paths' correctness (fails without CUDA)
+	PYTHONPATH=operator:bench-jobs:images/serve$${PYTHONPATH:+:$$PYTHONPATH} \
+	  $(if $(wildcard $(PY)),$(PY),python3) -m pytest tests/gpu -p no:cacheprovider $(PYTEST_FLAGS)
+
 .PHONY: gpu-bench
 gpu-bench: ## On a CUDA machine: in-process ceiling vs served PyTorch and Triton, one table
 	PYTHONPATH=operator:bench-jobs:images/serve$${PYTHONPATH:+:$$PYTHONPATH} \

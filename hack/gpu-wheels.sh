@@ -20,7 +20,7 @@ PLATFORMS=(manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_24_x86_64 many
 # checkout's venv resolved (one version of each: two would stop the install there).
 PACKAGES=(fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv annotated-types
   typing-inspection annotated-doc anyio opentelemetry-api uvicorn h11 httptools uvloop orjson grpcio
-  tritonclient python-rapidjson click psutil)
+  tritonclient python-rapidjson click psutil pytest pluggy iniconfig pygments packaging)
 
 VENV_PIP=${VENV_PIP:-.venv/bin/pip}
 mkdir -p "$DIR"

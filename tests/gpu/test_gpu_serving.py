@@ -1,0 +1,129 @@
+"""The gpu tier (DESIGN §7): correctness of the GPU serving paths on a real CUDA device.
+
+Run on the GPU machine with `make test-gpu`; it fails at once, loudly, where there is no
+CUDA device (it is not part of `make test`, which CI runs on machines without one). Speed
+is `make gpu-bench`'s business: nothing here times anything.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from bakeoff import analysis
+from bakeoff_bench import payloads
+from bakeoff_serve import device_runner, launch, model, process
+
+pytestmark = pytest.mark.gpu
+
+BUILTIN = "vit-b32-clip"
+SIZE = model.BUILTIN_MODELS[BUILTIN].image_size
+MIN_COSINE = 0.999  # the parity gate's default
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cuda() -> None:
+    assert torch.cuda.is_available(), "the gpu tier needs a CUDA device: run it on the GPU machine"
+
+
+def runner(precision: str, graphs: bool, fmt: str = "fp32") -> device_runner.DeviceRunner:
+    net, _ = model.build_model(BUILTIN, None, 0)
+    made = device_runner.DeviceRunner(
+        net, device=torch.device("cuda", 0), precision=precision, input_format=fmt,
+        max_batch_size=32, cuda_graphs=graphs,
+    )  # fmt: skip
+    made.warm([])
+    return made
+
+
+def pixels(rows: int, seed: int = 5) -> np.ndarray[Any, Any]:
+    return payloads.seeded_pixels(seed, [rows, 3, SIZE, SIZE])
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray[Any, Any]:
+    """fp32 eager on 8 seeded images: what every other path is held to."""
+    out, _ = runner("fp32", False).execute([pixels(8).astype(np.float32) / 255])
+    return out
+
+
+def min_cosine(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
+    return min(analysis.cosine_rows(a.tolist(), b.tolist()))
+
+
+def test_fp32_cuda_graph_replays_equal_eager(reference: np.ndarray[Any, Any]) -> None:
+    graphs = runner("fp32", True)
+    out, phases = graphs.execute([pixels(8).astype(np.float32) / 255])
+    np.testing.assert_allclose(out, reference, atol=2e-4)
+    assert phases.infer_ns > 0
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("graphs", [False, True])
+@pytest.mark.parametrize("fmt", ["fp32", "uint8"])
+def test_reduced_precision_and_graph_paths_pass_the_parity_gate(
+    reference: np.ndarray[Any, Any], precision: str, graphs: bool, fmt: str
+) -> None:
+    wire = pixels(8) if fmt == "uint8" else pixels(8).astype(np.float32) / 255
+    out, _ = runner(precision, graphs, fmt).execute([wire])
+    assert min_cosine(reference, out) >= MIN_COSINE
+
+
+def test_a_padded_bucket_answers_each_request_with_its_own_rows(
+    reference: np.ndarray[Any, Any],
+) -> None:
+    graphs = runner("fp16", True, "uint8")
+    images = pixels(8)
+    # 1 + 2 rows run in the 4-row graph; then 3 + 5 in the 8-row one.
+    first, _ = graphs.execute([images[:1], images[1:3]])
+    second, _ = graphs.execute([images[3:6], images[6:8]])
+    out = np.concatenate([first, second])
+    assert min_cosine(reference[:8], out) >= MIN_COSINE
+
+
+def _infer(base: str, images: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    body, headers = payloads.encode_binary_infer_request("pixel_values", images, "embedding")
+    request = urllib.request.Request(
+        f"{base}/v2/models/vit/infer", data=body, headers=headers, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        outputs = payloads.decode_infer_response(response.read(), dict(response.headers))
+    return np.asarray(outputs["embedding"], dtype=np.float32)
+
+
+def test_the_server_on_two_instances_with_dynamic_batching_answers_like_the_reference(
+    reference: np.ndarray[Any, Any], tmp_path: Path
+) -> None:
+    http, grpc = process.free_port(), process.free_port()
+    command = launch.pytorch_server_command(
+        "vit", BUILTIN, "cuda", "fp16", http, grpc, 32, [1], 0,
+        options=["--input-format=uint8", "--instances-per-device=2", "--dynamic-batching",
+                 "--max-queue-delay-us=500"],
+    )  # fmt: skip
+    with process.running_server(command, tmp_path / "server.log"):
+        base = f"http://127.0.0.1:{http}"
+        images = pixels(8)
+        with ThreadPoolExecutor(8) as pool:
+            rows = list(pool.map(lambda i: _infer(base, images[i : i + 1]), range(8)))
+        whole = _infer(base, images)
+        with urllib.request.urlopen(f"{base}/v2/models/vit/config", timeout=10) as response:
+            config = json.loads(response.read())
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+    assert min_cosine(reference, np.concatenate(rows)) >= MIN_COSINE
+    assert min_cosine(reference, whole) >= MIN_COSINE
+    runtime = config["parameters"]["runtime"]["string_value"]
+    assert "cuda-graphs" in runtime and "2 instances per device" in runtime
+    used = [
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("nv_gpu_memory_used_bytes")
+    ]
+    assert used and used[0] > 0  # VRAM, from NVML or torch's allocator
