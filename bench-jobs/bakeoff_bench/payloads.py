@@ -14,6 +14,7 @@ a JSON inference header, immediately followed by the raw tensor bytes; the HTTP 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -70,13 +71,31 @@ def seeded_images(seed: int, shape: Sequence[int]) -> npt.NDArray[np.float32]:
     return seeded_pixels(seed, shape).astype(np.float32) / np.float32(255.0)
 
 
+def jpeg_files(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.object_]:
+    """One JPEG file per image of UINT8 [B, 3, S, S]: quality 100 without chroma subsampling,
+    so a decoder gets the pixels back within a level or two (the parity gate allows that)."""
+    from PIL import Image
+
+    files = np.empty(pixels.shape[0], dtype=object)
+    for index, image in enumerate(pixels):
+        out = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(
+            out, "JPEG", quality=100, subsampling=0
+        )
+        files[index] = out.getvalue()
+    return files
+
+
 def seeded_input(seed: int, shape: Sequence[int], datatype: str) -> npt.NDArray[Any]:
-    """The seeded images in the model's input datatype (FP32 or UINT8)."""
+    """The seeded images [B, 3, S, S] in the model's input datatype: FP32, UINT8, or BYTES
+    (one JPEG file per image)."""
     if datatype == "UINT8":
         return seeded_pixels(seed, shape)
     if datatype == "FP32":
         return seeded_images(seed, shape)
-    raise ValueError(f"inputs are sent as FP32 or UINT8, not {datatype}")
+    if datatype == "BYTES":
+        return jpeg_files(seeded_pixels(seed, shape))
+    raise ValueError(f"inputs are sent as FP32, UINT8 or BYTES (JPEG), not {datatype}")
 
 
 def batched_shape(metadata_shape: Sequence[int], batch_size: int) -> list[int]:
@@ -106,11 +125,15 @@ def encode_binary_infer_request(
     input_name: str, array: npt.NDArray[Any], output_name: str
 ) -> tuple[bytes, dict[str, str]]:
     """Body and HTTP headers of an OIP infer request with binary input and binary output."""
-    try:
-        datatype, wire = _WIRE_DATATYPES[array.dtype]
-    except KeyError:
-        raise ValueError(f"inputs are sent as FP32 or UINT8, got {array.dtype}") from None
-    raw = np.ascontiguousarray(array, dtype=wire).tobytes()
+    if array.dtype == object:  # BYTES: each element a 4-byte little-endian length, then it
+        datatype = "BYTES"
+        raw = b"".join(len(blob).to_bytes(4, "little") + blob for blob in array.reshape(-1))
+    else:
+        try:
+            datatype, wire = _WIRE_DATATYPES[array.dtype]
+        except KeyError:
+            raise ValueError(f"inputs are sent as FP32 or UINT8, got {array.dtype}") from None
+        raw = np.ascontiguousarray(array, dtype=wire).tobytes()
     header = orjson.dumps(
         {
             "inputs": [

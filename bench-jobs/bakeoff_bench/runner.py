@@ -87,13 +87,22 @@ def resolve_model_io(metadata: Mapping[str, Any], config: Mapping[str, Any] | No
         )
     tensor = inputs[0]
     datatype = tensor.get("datatype")
-    if datatype not in ("FP32", "UINT8"):
+    shape = [int(d) for d in tensor.get("shape", [])]
+    if datatype == "BYTES":
+        # One JPEG file per image: the pixel size comes from the config (image_size).
+        size = _string_parameter(config, "image_size")
+        if shape != [-1] or not size.isdigit():
+            raise BenchSetupError(
+                f"input {tensor.get('name')!r} is BYTES {shape}: Bakeoff sends one JPEG per "
+                "image to a [-1] BYTES input whose model config states parameters.image_size"
+            )
+        shape = [-1, 3, int(size), int(size)]
+    elif datatype not in ("FP32", "UINT8"):
         raise BenchSetupError(
             f"input {tensor.get('name')!r} is {datatype}; every backend is sent the same "
-            "images as FP32 in [0, 1] or UINT8 pixels, so the model must accept one of them "
-            "(cast inside the model)"
+            "images as FP32 in [0, 1], UINT8 pixels or JPEG files (BYTES), so the model must "
+            "accept one of them (cast inside the model)"
         )
-    shape = [int(d) for d in tensor.get("shape", [])]
     try:
         payloads.batched_shape(shape, 1)
     except ValueError as exc:

@@ -66,6 +66,7 @@ class WireInput(StrEnum):
 
     FP32 = "fp32"  # FP32 in [0, 1], what every backend accepts
     UINT8 = "uint8"  # the 8-bit pixels: a quarter of the bytes, scaled on the GPU
+    JPEG = "jpeg"  # one JPEG file per image (quality 100), decoded by the server (nvJPEG)
 
 
 class BackendKind(StrEnum):
@@ -157,7 +158,7 @@ class Backend(StrictModel):
     input_format: WireInput = Field(
         default=WireInput.FP32,
         description="pytorch only: uint8 sends the 8-bit pixels (a quarter of the bytes), "
-        "scaled on the GPU",
+        "scaled on the GPU; jpeg one JPEG file per image, decoded by the server",
     )
     cuda_graphs: bool | None = Field(
         default=None,

@@ -127,3 +127,11 @@ def test_the_server_on_two_instances_with_dynamic_batching_answers_like_the_refe
         if line.startswith("nv_gpu_memory_used_bytes")
     ]
     assert used and used[0] > 0  # VRAM, from NVML or torch's allocator
+
+
+def test_jpegs_decoded_on_the_gpu_pass_the_parity_gate(reference: np.ndarray[Any, Any]) -> None:
+    assert device_runner.gpu_jpeg_decoder() is not None, "torchvision (nvJPEG) is missing"
+    graphs = runner("fp16", True, "jpeg")
+    files = payloads.seeded_input(5, [8, 3, SIZE, SIZE], "BYTES")
+    out, _ = graphs.execute([files[:3], files[3:]])
+    assert min_cosine(reference, out) >= MIN_COSINE

@@ -145,11 +145,17 @@ def test_run_without_local_says_how_to_run_on_a_cluster(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_uint8_pytorch_with_dynamic_batching_agrees_with_fp32_triton(tmp_path: Path) -> None:
-    """The same pixels reach both: UINT8 to the PyTorch server, pixel / 255 as FP32 to Triton."""
+def test_uint8_and_jpeg_pytorch_with_dynamic_batching_agree_with_fp32_triton(
+    tmp_path: Path,
+) -> None:
+    """The same pixels reach all: UINT8 to one PyTorch server, JPEG files to another, pixel /
+    255 as FP32 to Triton."""
     suite = yaml.safe_load((SUITES / "tiny.yaml").read_text())
     suite["spec"]["backends"][0].update(
         {"inputFormat": "uint8", "dynamicBatching": {"maxQueueDelayMicroseconds": 200}}
+    )
+    suite["spec"]["backends"].append(
+        {"name": "pytorch-jpeg", "kind": "pytorch", "maxBatchSize": 8, "inputFormat": "jpeg"}
     )
     suite["spec"]["scenarios"]["concurrencySweep"] = {"levels": [4], "requests": 40}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(suite))
@@ -163,6 +169,8 @@ def test_uint8_pytorch_with_dynamic_batching_agrees_with_fp32_triton(tmp_path: P
     assert point["requests"] == 40 and point["failed"] == 0
     # Four requests in flight, a 200 us queue delay: some ran together.
     assert point["server"]["executions"] < point["server"]["requests"]
+    jpeg = json.loads((suite_dir / "cells" / "pytorch-jpeg-local.json").read_text())
+    assert "jpeg-input" in jpeg["server"]["runtime"]
     summary = json.loads((suite_dir / "summary.json").read_text())
-    (parity,) = summary["parity"]
-    assert parity["passed"] is True and parity["minCosine"] >= 0.9999
+    assert {p["backend"] for p in summary["parity"]} == {"pytorch-jpeg", "triton-onnx-cpu"}
+    assert all(p["passed"] and p["minCosine"] >= 0.9999 for p in summary["parity"])

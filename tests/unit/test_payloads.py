@@ -41,7 +41,7 @@ def test_fp32_and_uint8_inputs_carry_the_same_image() -> None:
     images = payloads.seeded_input(4, [2, 3, 8, 8], "FP32")
     assert pixels.dtype == np.uint8 and images.dtype == np.float32
     assert np.array_equal(np.rint(images * 255).astype(np.uint8), pixels)
-    with pytest.raises(ValueError, match="FP32 or UINT8"):
+    with pytest.raises(ValueError, match="FP32, UINT8 or BYTES"):
         payloads.seeded_input(4, [1, 3, 8, 8], "FP16")
 
 

@@ -122,8 +122,9 @@ def _add_pytorch(subparsers: argparse._SubParsersAction[_Parser]) -> None:
         "batch bucket is warmed and captured anyway)",
     )
     parser.add_argument(
-        "--input-format", choices=["fp32", "uint8"], default="fp32",
-        help="wire input: FP32 in [0, 1] or UINT8 in [0, 255] scaled on the device",
+        "--input-format", choices=["fp32", "uint8", "jpeg"], default="fp32",
+        help="wire input: FP32 in [0, 1], UINT8 in [0, 255] scaled on the device, or one "
+        "JPEG file per image (BYTES; nvJPEG on the GPU with torchvision, else Pillow)",
     )  # fmt: skip
     parser.add_argument(
         "--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,

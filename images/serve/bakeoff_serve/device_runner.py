@@ -18,6 +18,7 @@ On CPU the same code runs eagerly in the model's dtype, without graphs or pinned
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import time
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from bakeoff_serve import model
+from bakeoff_serve import model, oip
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ INPUT_DTYPES: Final[dict[str, tuple[str, np.dtype[Any], torch.dtype]]] = {
     # input format -> (KServe datatype, wire dtype, host tensor dtype)
     "fp32": ("FP32", np.dtype(np.float32), torch.float32),
     "uint8": ("UINT8", np.dtype(np.uint8), torch.uint8),
+    # One JPEG file per image (BYTES), decoded by nvJPEG on the GPU when torchvision has it,
+    # else on the CPU by Pillow, into the same UINT8 buffers.
+    "jpeg": ("BYTES", np.dtype(object), torch.uint8),
 }
 # Eager passes before a capture, on the capture stream: cuBLAS/cuDNN pick their kernels and
 # allocate workspaces outside the graph (what torch.cuda.graphs' documentation asks for).
@@ -47,6 +51,33 @@ _CAPTURE_WARMUP_PASSES: Final = 3
 # Batches up to this many input bytes are launched from the event loop (see runs_inline):
 # a UINT8 batch of 6 images or an FP32 one of 1, about.
 INLINE_MAX_BYTES: Final = 1 << 20
+
+
+def gpu_jpeg_decoder() -> Any | None:
+    """torchvision's batched nvJPEG decode, when torchvision is installed (else None)."""
+    try:
+        from torchvision.io import decode_jpeg  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    return decode_jpeg
+
+
+def decode_jpeg_cpu(blob: bytes, size: int) -> np.ndarray[Any, Any]:
+    """One JPEG -> UINT8 [3, size, size] with Pillow; a 400 for anything else."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(blob)) as image:
+            if image.format != "JPEG":
+                raise oip.OipError(400, f"an image is {image.format}, not JPEG")
+            rgb = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise oip.OipError(400, f"an image is not a decodable JPEG: {error}") from None
+    if rgb.shape[:2] != (size, size):
+        raise oip.OipError(
+            400, f"an image is {rgb.shape[1]}x{rgb.shape[0]}; the model takes {size}x{size}"
+        )
+    return rgb.transpose(2, 0, 1)
 
 
 def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
@@ -118,9 +149,12 @@ class DeviceRunner:
         self.buckets = batch_buckets(max_batch_size)
         _, self._wire_dtype, host_dtype = INPUT_DTYPES[input_format]
         dtype = PRECISIONS[precision]
-        size = net.config.image_size
+        size = self._size = net.config.image_size
+        self._gpu_decode = (
+            gpu_jpeg_decoder() if input_format == "jpeg" and device.type == "cuda" else None
+        )
         self._module = _Preprocessed(
-            net.to(device=device, dtype=dtype), dtype, input_format == "uint8"
+            net.to(device=device, dtype=dtype), dtype, input_format in ("uint8", "jpeg")
         ).eval()
         on_gpu = device.type == "cuda"
         self._stream = torch.cuda.Stream(device) if on_gpu else None  # type: ignore[no-untyped-call]
@@ -216,20 +250,18 @@ class DeviceRunner:
         that (two thread wake-ups). Large batches stay in the worker, where their staging
         copy runs beside the event loop instead of stalling it.
         """
-        return self.cuda_graphs and sum(a.nbytes for a in arrays) <= INLINE_MAX_BYTES
+        if not self.cuda_graphs:
+            return False
+        if self.input_format == "jpeg":  # nvJPEG is launched too; Pillow would block the loop
+            return self._gpu_decode is not None and sum(a.shape[0] for a in arrays) <= 8
+        return sum(a.nbytes for a in arrays) <= INLINE_MAX_BYTES
 
     def launch(self, arrays: Sequence[np.ndarray[Any, Any]]) -> Launched:
         """Stage the requests' inputs and start the batch; on CUDA it returns before the end."""
         rows = sum(a.shape[0] for a in arrays)
         bucket = bucket_for(rows, self.buckets)
         start_ns = time.perf_counter_ns()
-        host = self._host_in[bucket].numpy()
-        offset = 0
-        for array in arrays:
-            # The one copy of a request's bytes: wire buffer -> (pinned) host buffer. Rows past
-            # `rows` keep stale data; each row's embedding depends on that row alone.
-            host[offset : offset + array.shape[0]] = array
-            offset += array.shape[0]
+        on_device = self._stage(arrays, bucket, rows)
         staged_ns = time.perf_counter_ns()
         with torch.inference_mode(), self._on_stream():
             if self._stream is None:  # CPU: each step is done when its call returns
@@ -243,13 +275,51 @@ class DeviceRunner:
             # them costs no extra round trip (a sync per phase would).
             marks = self._events
             marks[0].record(self._stream)
-            self._device_in[bucket].copy_(self._host_in[bucket], non_blocking=True)
+            if not on_device:
+                self._device_in[bucket].copy_(self._host_in[bucket], non_blocking=True)
             marks[1].record(self._stream)
             out = self._forward(bucket)
             marks[2].record(self._stream)
             self._host_out[:rows].copy_(out[:rows], non_blocking=True)
             marks[3].record(self._stream)
         return Launched(rows, start_ns, None, staged_ns - start_ns)
+
+    def _stage(self, arrays: Sequence[np.ndarray[Any, Any]], bucket: int, rows: int) -> bool:
+        """Put the batch's images in this bucket's input buffer; True if it is on the device.
+
+        Tensors: the one copy of a request's bytes, wire buffer -> (pinned) host buffer. Rows
+        past `rows` keep stale data; each row's embedding depends on that row alone.
+        """
+        if self.input_format != "jpeg":
+            host = self._host_in[bucket].numpy()
+            offset = 0
+            for array in arrays:
+                host[offset : offset + array.shape[0]] = array
+                offset += array.shape[0]
+            return False
+        blobs = [bytes(blob) for array in arrays for blob in array.reshape(-1)]
+        if self._gpu_decode is not None:
+            with self._on_stream():
+                try:
+                    decoded = self._gpu_decode(
+                        [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs],
+                        device=self.device,
+                    )
+                except RuntimeError as error:
+                    raise oip.OipError(400, f"an image is not a decodable JPEG: {error}") from None
+                for index, image in enumerate(decoded):
+                    if tuple(image.shape) != (3, self._size, self._size):
+                        raise oip.OipError(
+                            400,
+                            f"an image decodes to {list(image.shape)}; the model takes "
+                            f"[3, {self._size}, {self._size}] (RGB)",
+                        )
+                    self._device_in[bucket][index].copy_(image)
+            return True
+        host = self._host_in[bucket].numpy()
+        for index, blob in enumerate(blobs):
+            host[index] = decode_jpeg_cpu(blob, self._size)
+        return False
 
     def done(self) -> bool:
         """True once the last launched batch has finished (never blocks)."""

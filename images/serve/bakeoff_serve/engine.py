@@ -47,13 +47,15 @@ def build_signature(
         raise ValueError(f"unknown builtin model {builtin!r}; known: {known}") from None
     size = config.image_size
     datatype = device_runner.INPUT_DTYPES[input_format][0]
+    # A JPEG input is one file per image; its size is in the config's image_size parameter.
+    shape = (-1,) if datatype == "BYTES" else (-1, 3, size, size)
     return oip.ModelSignature(
         name=model_name,
         version=MODEL_VERSION,
         platform=PLATFORM,
         backend=BACKEND,
         max_batch_size=max_batch_size,
-        inputs=(oip.TensorSpec(model.INPUT_NAME, datatype, (-1, 3, size, size)),),
+        inputs=(oip.TensorSpec(model.INPUT_NAME, datatype, shape),),
         outputs=(oip.TensorSpec(model.OUTPUT_NAME, "FP32", (-1, config.embed_dim)),),
     )
 

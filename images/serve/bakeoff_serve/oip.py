@@ -142,8 +142,44 @@ def _check_shape(spec: TensorSpec, shape: Any, max_batch_size: int) -> tuple[int
     return dims
 
 
+def split_bytes_elements(
+    name: str, data: bytes | bytearray | memoryview, count: int
+) -> list[bytes]:
+    """A BYTES tensor's elements from its binary form: each a 4-byte little-endian length, then
+    that many bytes (Triton's layout); exactly `count` of them, nothing left over."""
+    view = memoryview(data)
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise OipError(400, f"input '{name}': BYTES element {len(elements)} is cut off")
+        length = int.from_bytes(view[offset : offset + 4], "little")
+        offset += 4
+        if offset + length > len(view):
+            raise OipError(
+                400,
+                f"input '{name}': BYTES element {len(elements)} declares {length} bytes but "
+                f"{len(view) - offset} are left",
+            )
+        elements.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(elements) != count:
+        raise OipError(
+            400, f"input '{name}' holds {len(elements)} BYTES elements; its shape needs {count}"
+        )
+    return elements
+
+
 def _decode_data(spec: TensorSpec, dims: tuple[int, ...], raw: RawInput) -> np.ndarray[Any, Any]:
     count = math.prod(dims)
+    if spec.datatype == "BYTES":
+        if not isinstance(raw.data, bytes | bytearray | memoryview):
+            raise OipError(
+                400, f"input '{spec.name}' is BYTES: send it as binary data (binary_data_size)"
+            )
+        elements = np.empty(count, dtype=object)
+        elements[:] = split_bytes_elements(spec.name, raw.data, count)
+        return elements.reshape(dims)
     dtype = np.dtype(_NUMPY_DTYPE[spec.datatype])
     if isinstance(raw.data, bytes | bytearray | memoryview):
         want = count * dtype.itemsize

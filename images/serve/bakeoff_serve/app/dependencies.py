@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Request, Response
 
-from bakeoff_serve import engine, oip, server_metrics
+from bakeoff_serve import engine, model_configs, oip, server_metrics
 from bakeoff_serve.app.settings import Settings
 
 SERVER_NAME = "bakeoff-pytorch"
@@ -37,6 +37,8 @@ class ServerState:
         parameters = {
             "runtime": self.engine.runtime(),
             "model_provenance": provenance.describe() if provenance else "not loaded",
+            # What a client needs to encode an image input (a JPEG's pixel size).
+            "image_size": str(model_configs.BUILTIN_MODELS[self.settings.builtin].image_size),
         }
         kind = "KIND_GPU" if self.engine.device.type == "cuda" else "KIND_CPU"
         return oip.model_config(self.signature, kind, parameters)

@@ -29,6 +29,7 @@ class Precision(StrEnum):
 class InputFormat(StrEnum):
     FP32 = "fp32"  # FP32 [B, 3, S, S] in [0, 1]
     UINT8 = "uint8"  # UINT8 [B, 3, S, S] in [0, 255], scaled on the device
+    JPEG = "jpeg"  # BYTES [B]: one S x S JPEG file per image, decoded on the GPU when it can
 
 
 class Settings(BaseModel):
