@@ -52,6 +52,7 @@ MODEL_NAME: Final = "vit"
 # (precision, CUDA graphs, input format, dynamic batching, instances on the GPU).
 SERVED_CONFIGS: Final = (
     ("fp16", True, "uint8", False, 1),
+    ("fp16", True, "jpeg", False, 1),
     ("fp16", True, "uint8", False, 2),
     ("fp16", True, "fp32", False, 1),
     ("fp16", False, "fp32", False, 1),
@@ -133,8 +134,8 @@ IN_PROCESS_CONFIGS: Final = tuple(
     (precision, graphs, fmt)
     for precision in ("fp32", "fp16", "bf16")
     for graphs in (False, True)
-    for fmt in ("fp32", "uint8")
-    if not (fmt == "uint8" and precision == "fp32")
+    for fmt in ("fp32", "uint8", "jpeg")
+    if fmt == "fp32" or (precision == "fp16" and graphs) or (fmt == "uint8" and precision != "fp32")
 )
 # A model of about 1/100 of ViT-B/32's compute: its served numbers are the server's own cost.
 TINY: Final = "vit-tiny-clip"
