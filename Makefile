@@ -26,7 +26,7 @@ demo: $(STAMP) ## Run the CPU-mock bake-off locally: prints the verdict, writes 
 	$(BIN)/bakeoff run $(SUITE) --local
 
 .PHONY: test
-test: $(STAMP) ## Install, lint, typecheck, then every tier: unit, protocol, local, chart, cluster
+test: $(STAMP) ## Install, lint, typecheck, then the tiers unit, protocol, local, chart, cluster (not gpu)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
@@ -35,6 +35,7 @@ test: $(STAMP) ## Install, lint, typecheck, then every tier: unit, protocol, loc
 	hack/build-tools.sh build
 	$(BIN)/pytest tests/chart $(PYTEST_FLAGS)
 	$(MAKE) test-cluster
+	@echo "==> not run here: the gpu tier (tests/gpu) needs a CUDA device; run 'make test-gpu' on a GPU machine"
 
 .PHONY: test-unit
 test-unit: $(STAMP) ## Pure logic only: no servers

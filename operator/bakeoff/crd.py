@@ -87,6 +87,19 @@ class CelRule(TypedDict):
 # - The reason FieldValueDuplicate drops the message (field.Duplicate has no detail), so
 #   uniqueness rules keep the default reason, FieldValueInvalid.
 # - Every list a rule walks has maxItems, or the static cost estimate rejects the CRD.
+def _pytorch_only(field: str, untouched: str) -> tuple[tuple[str, ...], CelRule]:
+    """A backend rule: `field` keeps its default (`untouched`) unless the kind is pytorch."""
+    return (
+        ("spec", "backends", "[]"),
+        {
+            "rule": f"self.kind == 'pytorch' || {untouched}",
+            "message": f"{field} applies to kind pytorch only; remove it",
+            "fieldPath": f".{field}",
+            "reason": "FieldValueForbidden",
+        },
+    )
+
+
 CEL_RULES: Final[tuple[tuple[tuple[str, ...], CelRule], ...]] = (
     (
         ("spec",),
@@ -197,32 +210,13 @@ CEL_RULES: Final[tuple[tuple[tuple[str, ...], CelRule], ...]] = (
             "reason": "FieldValueForbidden",
         },
     ),
-    (
-        ("spec", "backends", "[]"),
-        {
-            "rule": "self.kind == 'pytorch' || self.inputFormat == 'fp32'",
-            "message": "inputFormat applies to kind pytorch only; remove it",
-            "fieldPath": ".inputFormat",
-            "reason": "FieldValueForbidden",
-        },
-    ),
-    (
-        ("spec", "backends", "[]"),
-        {
-            "rule": "self.kind == 'pytorch' || !has(self.cudaGraphs)",
-            "message": "cudaGraphs applies to kind pytorch only; remove it",
-            "fieldPath": ".cudaGraphs",
-            "reason": "FieldValueForbidden",
-        },
-    ),
-    (
-        ("spec", "backends", "[]"),
-        {
-            "rule": "self.kind == 'pytorch' || self.instancesPerGpu == 1",
-            "message": "instancesPerGpu applies to kind pytorch only; remove it",
-            "fieldPath": ".instancesPerGpu",
-            "reason": "FieldValueForbidden",
-        },
+    *(
+        _pytorch_only(field, untouched)
+        for field, untouched in (
+            ("inputFormat", "self.inputFormat == 'fp32'"),
+            ("cudaGraphs", "!has(self.cudaGraphs)"),
+            ("instancesPerGpu", "self.instancesPerGpu == 1"),
+        )
     ),
     (
         ("spec", "backends", "[]"),

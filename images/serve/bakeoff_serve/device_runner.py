@@ -147,7 +147,7 @@ class DeviceRunner:
         self.input_format = input_format
         self.cuda_graphs = cuda_graphs
         self.buckets = batch_buckets(max_batch_size)
-        _, self._wire_dtype, host_dtype = INPUT_DTYPES[input_format]
+        host_dtype = INPUT_DTYPES[input_format][2]
         dtype = PRECISIONS[precision]
         size = self._size = net.config.image_size
         self._gpu_decode = (
@@ -176,10 +176,6 @@ class DeviceRunner:
             self._events = [_timing_event() for _ in range(4)]
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._graph_out: dict[int, torch.Tensor] = {}
-
-    @property
-    def wire_dtype(self) -> np.dtype[Any]:
-        return self._wire_dtype
 
     def warm(self, batch_sizes: Sequence[int]) -> None:
         """Run (and on CUDA capture) every bucket once; afterwards no request meets a cold path.

@@ -29,8 +29,6 @@ from bakeoff_serve import batching, device_runner, model, oip, server_metrics
 
 log = logging.getLogger(__name__)
 
-PRECISIONS: Final = device_runner.PRECISIONS
-INPUT_FORMATS: Final = tuple(device_runner.INPUT_DTYPES)
 PLATFORM: Final = "bakeoff_pytorch"
 BACKEND: Final = "pytorch"
 MODEL_VERSION: Final = "1"
@@ -99,7 +97,6 @@ class InferenceEngine:
         self.builtin = builtin
         self.device = torch.device(device)
         self.precision = precision
-        self.dtype = PRECISIONS[precision]
         self.seed = seed
         self.weights = weights
         self.input_format = input_format
