@@ -7,6 +7,7 @@ is `make gpu-bench`'s business: nothing here times anything.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ import torch
 
 from bakeoff import analysis
 from bakeoff_bench import payloads
-from bakeoff_serve import device_runner, launch, model, process
+from bakeoff_serve import device_runner, engine, launch, model, process
 
 pytestmark = pytest.mark.gpu
 
@@ -135,3 +136,44 @@ def test_jpegs_decoded_on_the_gpu_pass_the_parity_gate(reference: np.ndarray[Any
     files = payloads.seeded_input(5, [8, 3, SIZE, SIZE], "BYTES")
     out, _ = graphs.execute([files[:3], files[3:]])
     assert min_cosine(reference, out) >= MIN_COSINE
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "uint8"])
+def test_a_request_received_into_pinned_memory_goes_to_the_gpu_from_there(fmt: str) -> None:
+    graphs = runner("fp16", True, fmt)
+    images = pixels(7)  # the 8-row bucket, one row of it stale; past PINNED_BODY_MIN_BYTES
+    wire = images if fmt == "uint8" else images.astype(np.float32) / 255
+    # Where the HTTP server puts a body: pinned memory; the tensor after the JSON header
+    # starts at any offset, here an odd one (unaligned for FP32).
+    body = device_runner.pinned_host_buffer(wire.nbytes + 3)
+    received = np.frombuffer(body, dtype=wire.dtype, count=wire.size, offset=3)
+    received = received.reshape(wire.shape)
+    received[...] = wire
+    assert graphs._pinned_source([received]) is not None  # DMA from the body itself
+    assert graphs._pinned_source([wire]) is None  # ordinary memory: staged first
+    from_body, _ = graphs.execute([received])
+    staged, _ = graphs.execute([wire])
+    np.testing.assert_array_equal(from_body, staged)
+
+
+def test_the_engine_gives_pinned_body_buffers_only_when_it_can_use_them() -> None:
+    def loaded(fmt: str) -> engine.InferenceEngine:
+        made = engine.InferenceEngine(
+            builtin=BUILTIN, device="cuda", precision="fp16", seed=0, input_format=fmt,
+            max_batch_size=8, cuda_graphs=True,
+        )  # fmt: skip
+        assert made.allocate_body(1 << 20) is None  # not loaded yet: no CUDA context to use
+        asyncio.run(made.load([1]))
+        return made
+
+    smallest = device_runner.PINNED_BODY_MIN_BYTES
+    uint8 = loaded("uint8")
+    buffer = uint8.allocate_body(smallest)
+    assert buffer is not None and len(buffer) == smallest
+    assert torch.from_numpy(np.frombuffer(buffer, dtype=np.uint8)).is_pinned()
+    assert uint8.allocate_body(smallest - 1) is None  # cheaper to copy than to pin
+    assert uint8.allocate_body(32 * 3 * SIZE * SIZE) is None  # past any valid body
+    uint8.close()
+    jpeg = loaded("jpeg")
+    assert jpeg.allocate_body(smallest) is None  # JPEGs are decoded, not copied to the GPU
+    jpeg.close()

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 PLATFORM: Final = "bakeoff_pytorch"
 BACKEND: Final = "pytorch"
 MODEL_VERSION: Final = "1"
+_JSON_HEADER_ROOM: Final = 64 * 1024
 
 
 def build_signature(
@@ -113,6 +114,10 @@ class InferenceEngine:
         self._executors: list[ThreadPoolExecutor] = []
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bakeoff-load")
         self._ready = False
+        image = model.BUILTIN_MODELS[builtin].image_size
+        itemsize = device_runner.INPUT_DTYPES[input_format][1].itemsize
+        # A full batch of tensor bytes, and room for the request's JSON header.
+        self._max_body_bytes = max_batch_size * 3 * image * image * itemsize + _JSON_HEADER_ROOM
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived = asyncio.Event()
         self._free: asyncio.Queue[int] = asyncio.Queue()
@@ -250,6 +255,22 @@ class InferenceEngine:
                 first_of_execution=index == 0,
             )
             pending.future.set_result((result[start:stop], timings))
+
+    def allocate_body(self, size: int) -> memoryview | None:
+        """A buffer for a request body of `size` bytes in page-locked memory, or None.
+
+        On a GPU, the HTTP server receives large bodies here (`http_protocol`), so that a
+        request's tensor reaches the device by DMA without a copy on the host. None, and the
+        server uses ordinary memory: on CPU, for JPEG input (decoded, not copied), before the
+        model is ready (the CUDA context may not exist yet), for small bodies (cheaper to
+        copy), and past the largest valid request (a client cannot make the server pin memory
+        it declares but never sends).
+        """
+        if not self._ready or self.device.type != "cuda" or self.input_format == "jpeg":
+            return None
+        if not device_runner.PINNED_BODY_MIN_BYTES <= size <= self._max_body_bytes:
+            return None
+        return device_runner.pinned_host_buffer(size)
 
     def runtime(self) -> str:
         """E.g. "pytorch 2.15.0 cuda fp16 cuda-graphs x2", reported in the model config."""

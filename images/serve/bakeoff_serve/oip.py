@@ -23,6 +23,8 @@ HEADER_LENGTH: Final = "Inference-Header-Content-Length"
 # Decompressed request bodies are capped so a small gzip bomb cannot exhaust memory;
 # the largest honest request (32 images as JSON text) is about 120 MB.
 MAX_BODY_BYTES: Final = 1 << 30
+# A request body as the HTTP edge hands it over: `bytes`, or a view of one receive buffer.
+Buffer = bytes | bytearray | memoryview
 
 # Bytes per element of every fixed-size KServe v2 datatype. FP32 and UINT8 are served; knowing
 # the others lets an error say "INT32" instead of "unknown datatype".
@@ -84,7 +86,7 @@ class RawInput:
     name: str
     datatype: str
     shape: Any  # unvalidated: whatever the client sent
-    data: bytes | list[Any] | np.ndarray[Any, Any]
+    data: Buffer | list[Any] | np.ndarray[Any, Any]
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def split_bytes_elements(
 def _decode_data(spec: TensorSpec, dims: tuple[int, ...], raw: RawInput) -> np.ndarray[Any, Any]:
     count = math.prod(dims)
     if spec.datatype == "BYTES":
-        if not isinstance(raw.data, bytes | bytearray | memoryview):
+        if not isinstance(raw.data, Buffer):
             raise OipError(
                 400, f"input '{spec.name}' is BYTES: send it as binary data (binary_data_size)"
             )
@@ -181,7 +183,7 @@ def _decode_data(spec: TensorSpec, dims: tuple[int, ...], raw: RawInput) -> np.n
         elements[:] = split_bytes_elements(spec.name, raw.data, count)
         return elements.reshape(dims)
     dtype = np.dtype(_NUMPY_DTYPE[spec.datatype])
-    if isinstance(raw.data, bytes | bytearray | memoryview):
+    if isinstance(raw.data, Buffer):
         want = count * dtype.itemsize
         if len(raw.data) != want:
             raise OipError(
@@ -262,7 +264,7 @@ def resolve_outputs(
 # --- HTTP: JSON header + binary tensor data ---------------------------------------------
 
 
-def _inflate(body: bytes, wbits: int, encoding: str) -> bytes:
+def _inflate(body: Buffer, wbits: int, encoding: str) -> bytes:
     inflater = zlib.decompressobj(wbits)
     try:
         data = inflater.decompress(body, MAX_BODY_BYTES)
@@ -275,7 +277,7 @@ def _inflate(body: bytes, wbits: int, encoding: str) -> bytes:
     return data
 
 
-def decompress(body: bytes, content_encoding: str | None) -> bytes:
+def decompress(body: Buffer, content_encoding: str | None) -> Buffer:
     """Undo `Content-Encoding: gzip|deflate` (tritonclient's request_compression_algorithm)."""
     encoding = (content_encoding or "identity").strip().lower()
     if encoding == "identity":
@@ -291,9 +293,11 @@ def decompress(body: bytes, content_encoding: str | None) -> bytes:
     raise OipError(415, f"unsupported Content-Encoding '{content_encoding}'; use gzip or deflate")
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+def _split_body(body: Buffer, header_length: str | None) -> tuple[memoryview, memoryview]:
+    # Views, not slices: a batch's tensor bytes are megabytes, and slicing `bytes` copies.
+    view = memoryview(body)
     if header_length is None:
-        return body, b""
+        return view, view[:0]
     try:
         length = int(header_length)
     except ValueError:
@@ -302,10 +306,10 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
         raise OipError(
             400, f"{HEADER_LENGTH} {length} is outside the request body of {len(body)} bytes"
         )
-    return body[:length], body[length:]
+    return view[:length], view[length:]
 
 
-def _parse_json_header(header: bytes, has_length: bool) -> dict[str, Any]:
+def _parse_json_header(header: Buffer, has_length: bool) -> dict[str, Any]:
     try:
         parsed = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
@@ -330,7 +334,7 @@ def _flag(params: Mapping[str, Any], key: str, where: str) -> bool | None:
     return value
 
 
-def _raw_inputs(request: Mapping[str, Any], binary: bytes, has_length: bool) -> list[RawInput]:
+def _raw_inputs(request: Mapping[str, Any], binary: memoryview, has_length: bool) -> list[RawInput]:
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise OipError(400, "inference request needs a non-empty 'inputs' list")
@@ -344,7 +348,7 @@ def _raw_inputs(request: Mapping[str, Any], binary: bytes, has_length: bool) -> 
         if "shared_memory_region" in params:
             raise OipError(400, "shared-memory inputs are not supported by this server")
         size = params.get("binary_data_size")
-        data: bytes | list[Any]
+        data: memoryview | list[Any]
         if size is not None:
             if not has_length:
                 raise OipError(
@@ -397,7 +401,7 @@ def _requested(request: Mapping[str, Any]) -> tuple[list[tuple[str, bool]], bool
 
 def decode_http_infer(
     signature: ModelSignature,
-    body: bytes,
+    body: Buffer,
     header_length: str | None,
     content_encoding: str | None = None,
 ) -> InferRequest:

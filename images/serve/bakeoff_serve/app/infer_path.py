@@ -15,6 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from bakeoff_serve import model_configs, oip
@@ -30,6 +31,23 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 INFER_PATH: Final = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _JSON: Final = [(b"content-type", b"application/json")]
+# The scope key of a `DirectBody`: set when the head arrives, before the app starts, so that
+# a middleware's copy of the scope shares it.
+DIRECT_BODY_KEY: Final = "bakeoff.direct_body"
+
+
+# The lifespan state key of a `BodyAllocator`: where `DirectBodyProtocol` receives bodies.
+BODY_ALLOCATOR_KEY: Final = "bakeoff.body_allocator"
+# A body's size -> a buffer of that size (page-locked memory on a GPU), or None for np.empty.
+BodyAllocator = Callable[[int], memoryview | None]
+
+
+@dataclass
+class DirectBody:
+    """A body `http_protocol.DirectBodyProtocol` receives into one buffer, past uvicorn's
+    `receive()` (which would copy it): `data` is set once the last byte is in."""
+
+    data: memoryview | None = None
 
 
 class InferFastPath:
@@ -69,7 +87,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _read_body(scope: Scope, receive: Receive) -> bytes:
+async def _read_body(scope: Scope, receive: Receive) -> bytes | memoryview:
     """The whole body; sized up front from Content-Length, refused past oip.MAX_BODY_BYTES."""
     length = _header(scope, b"content-length")
     if length is not None and length.isdigit() and int(length) > oip.MAX_BODY_BYTES:
@@ -87,6 +105,10 @@ async def _read_body(scope: Scope, receive: Receive) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
+    direct: DirectBody | None = scope.get(DIRECT_BODY_KEY)
+    if direct is not None and direct.data is not None:
+        body, direct.data = direct.data, None
+        return body
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
