@@ -151,6 +151,8 @@ def test_a_request_received_into_pinned_memory_goes_to_the_gpu_from_there(fmt: s
     received[...] = wire
     assert graphs._pinned_source([received]) is not None  # DMA from the body itself
     assert graphs._pinned_source([wire]) is None  # ordinary memory: staged first
+    # No staging copy: launched from the event loop like a small batch; the other is not.
+    assert graphs.runs_inline([received]) and not graphs.runs_inline([wire])
     from_body, _ = graphs.execute([received])
     staged, _ = graphs.execute([wire])
     np.testing.assert_array_equal(from_body, staged)

@@ -249,13 +249,18 @@ class DeviceRunner:
         A graph replay is one launch (tens of microseconds of CPU) and a small batch's
         staging copy is as short; handing them to a worker thread and back costs more than
         that (two thread wake-ups). Large batches stay in the worker, where their staging
-        copy runs beside the event loop instead of stalling it.
+        copy runs beside the event loop instead of stalling it, unless they need none.
         """
         if not self.cuda_graphs:
             return False
         if self.input_format == "jpeg":  # nvJPEG is launched too; Pillow would block the loop
             return self._gpu_decode is not None and sum(a.shape[0] for a in arrays) <= 8
-        return sum(a.nbytes for a in arrays) <= INLINE_MAX_BYTES
+        if sum(a.nbytes for a in arrays) <= INLINE_MAX_BYTES:
+            return True
+        # A request received into pinned memory has no staging copy: its launch is as short
+        # (on an H200, batch 32 served went from 0.80 to 0.90-0.91 of the ceiling: no thread
+        # hops between batches).
+        return self._pinned_source(arrays) is not None
 
     def launch(self, arrays: Sequence[np.ndarray[Any, Any]]) -> Launched:
         """Stage the requests' inputs and start the batch; on CUDA it returns before the end."""

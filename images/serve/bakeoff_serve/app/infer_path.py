@@ -2,11 +2,11 @@
 
 On a GPU a request is about a millisecond, so what the web framework does per request shows
 in every number (routing, dependency injection, a Request object, body streaming through
-Starlette). This middleware answers the infer route itself, before FastAPI's router, with
-the same steps and the same answers: `oip` decodes and validates, the engine runs the model,
-`oip` encodes, `server_metrics` records the outcome under Triton's names. Client mistakes
-leave as `{"error": message}` with a 4xx; anything else as a 500, never a traceback. Every
-other route goes on to FastAPI.
+Starlette). `InferFastPath`, the ASGI app uvicorn runs, answers the infer route itself,
+before FastAPI sees the request, with the same steps and the same answers: `oip` decodes and
+validates, the engine runs the model, `oip` encodes, `server_metrics` records the outcome
+under Triton's names. Client mistakes leave as `{"error": message}` with a 4xx; anything
+else as a 500, never a traceback. Every other route goes on to FastAPI.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from fastapi import FastAPI
+
 from bakeoff_serve import model_configs, oip
 from bakeoff_serve.app.dependencies import ServerState
 
@@ -27,7 +29,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 INFER_PATH: Final = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 _JSON: Final = [(b"content-type", b"application/json")]
@@ -51,9 +52,15 @@ class DirectBody:
 
 
 class InferFastPath:
-    """ASGI middleware: the infer route here, everything else to the wrapped app."""
+    """The server's ASGI app: the infer route here, everything else to the FastAPI app.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Outermost, not a Starlette middleware: inside FastAPI, each request also went through
+    its telemetry wrapper (which asks OpenTelemetry whether it is on, per request), its
+    error middleware and Starlette's app dispatch: about 0.2 ms of a batch-1 request on the
+    2-core development machine (a null model, 0.39 -> 0.2 ms).
+    """
+
+    def __init__(self, app: FastAPI) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -61,7 +68,7 @@ class InferFastPath:
         if match is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        state: ServerState = scope["app"].state.bakeoff
+        state: ServerState = self.app.state.bakeoff
         try:
             status, body, headers = await _infer(state, match[1], match[2] or "", scope, receive)
         except oip.OipError as error:

@@ -1,6 +1,7 @@
 """The PyTorch OIP server: FastAPI app factory, lifespan, and the uvicorn runner.
 
-`bakeoff_serve.__main__` calls `serve(settings)`; tests may call `create_app(settings)`.
+`bakeoff_serve.__main__` calls `serve(settings)`, which runs `create_app(settings)` behind
+`InferFastPath` (the infer route); tests may call `create_app(settings)` for the others.
 The lifespan starts the gRPC server on the same event loop and begins loading the model in
 the background, so `/v2/health/live` answers at once and `/v2/health/ready` turns 200 only
 when the model is loaded and warm (time-to-ready is a reported cold-start number).
@@ -137,7 +138,6 @@ def create_app(settings: Settings, on_fatal: FatalHandler | None = None) -> Fast
         openapi_url=None,
     )
     _install_error_handlers(app)
-    app.add_middleware(InferFastPath)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(metrics.router)
@@ -153,7 +153,7 @@ def serve(settings: Settings) -> int:
         server.should_exit = True
 
     config = uvicorn.Config(
-        create_app(settings, on_fatal),
+        InferFastPath(create_app(settings, on_fatal)),
         host=settings.host,
         port=settings.http_port,
         # uvloop: grpc.aio runs on the loop uvicorn runs (checked by the protocol tests), and
