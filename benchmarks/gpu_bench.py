@@ -5,7 +5,8 @@ Run it on the GPU machine (it needs CUDA; it refuses to run without). It measure
 (a) the ceiling: the model in-process, through the very `DeviceRunner` the server uses (the
     request's tensor in page-locked memory, where the server receives it -> GPU -> forward ->
     host), per precision, eager or CUDA graphs, FP32, UINT8 or JPEG input, at batch 1, 8 and
-    32 — no HTTP, no event loop;
+    32 — no HTTP, no event loop; and fp16 graphs through torch.compile (inductor), which the
+    server does not offer unless these rows show it helps;
 (b) the served numbers: `python -m bakeoff_serve pytorch` on loopback, driven by Bakeoff's
     load generator (the code a benchmark Job runs): single-image p50 with one request in
     flight, images/s at batch 32 at the best of a few concurrency levels;
@@ -75,6 +76,7 @@ class InProcess:
     parity_max_abs: float
     parity_passed: bool
     model: str = ""
+    torch_compile: bool = False
 
 
 @dataclass
@@ -113,6 +115,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=300, help="timed passes per point")
     parser.add_argument("--skip-triton", action="store_true")
     parser.add_argument("--skip-tiny", action="store_true", help=f"no {TINY} runs")
+    parser.add_argument("--skip-compile", action="store_true", help="no torch.compile rows")
     parser.add_argument(
         "--multi-gpu", action="store_true",
         help="only: one server on 1 GPU vs on every GPU (fp16, CUDA graphs, UINT8)",
@@ -153,23 +156,31 @@ IN_PROCESS_CONFIGS: Final = tuple(
 TINY: Final = "vit-tiny-clip"
 LEVELS: Final = [1, 2, 4, 8]
 TINY_CONFIG: Final = ("fp16", True, "uint8", False, 1)
+# torch.compile is measured where it could help most: fp16 under CUDA graphs, UINT8 input.
+COMPILE_CONFIG: Final = ("fp16", True, "uint8")
 
 
 def measure_in_process(
     builtin: str,
     iterations: int,
     configs: tuple[tuple[str, bool, str], ...] = IN_PROCESS_CONFIGS,
+    compile_mode: str | None = None,
 ) -> tuple[list[InProcess], list[list[float]]]:
-    """The table (a), and fp32 eager's outputs for the parity images (the reference)."""
+    """The table (a), and fp32 eager's outputs for the parity images (the reference).
+
+    With `compile_mode`, the configurations run through torch.compile (the reference not).
+    """
     size = model.BUILTIN_MODELS[builtin].image_size
     shape = [PARITY_ROWS, 3, size, size]
     device = torch.device("cuda", 0)
 
-    def make(precision: str, graphs: bool, fmt: str) -> device_runner.DeviceRunner:
+    def make(
+        precision: str, graphs: bool, fmt: str, compiled: str | None = None
+    ) -> device_runner.DeviceRunner:
         net, _ = model.build_model(builtin, None, SEED)
         made = device_runner.DeviceRunner(
             net, device=device, precision=precision, input_format=fmt,
-            max_batch_size=MAX_BATCH, cuda_graphs=graphs,
+            max_batch_size=MAX_BATCH, cuda_graphs=graphs, compile_mode=compiled,
         )  # fmt: skip
         made.warm([])
         return made
@@ -179,7 +190,7 @@ def measure_in_process(
     del reference_runner
     rows: list[InProcess] = []
     for precision, graphs, fmt in configs:
-        engine = make(precision, graphs, fmt)
+        engine = make(precision, graphs, fmt, compile_mode)
         outputs, _ = engine.execute([_parity_input(fmt, shape)])
         cosine, max_abs = _parity(reference, outputs)
         for batch in BATCHES:
@@ -202,6 +213,7 @@ def measure_in_process(
                     images_per_s=batch / mean * 1000.0,
                     parity_min_cosine=cosine, parity_max_abs=max_abs,
                     parity_passed=cosine >= MIN_COSINE, model=builtin,
+                    torch_compile=compile_mode is not None,
                 )
             )  # fmt: skip
         print(
@@ -263,6 +275,8 @@ def _ceiling(
     rows: list[InProcess], precision: str, graphs: bool, fmt: str, batch: int
 ) -> InProcess | None:
     for row in rows:
+        if row.torch_compile:
+            continue  # the server does not compile: its ceiling is the uncompiled runner
         if (row.precision, row.cuda_graphs, row.input_format, row.batch) == (
             precision,
             graphs,
@@ -482,8 +496,9 @@ def _print_tables(rows: list[InProcess], served: list[Served]) -> None:
         f"{'img/s':>9} {'cosine':>9} parity"
     )
     for r in rows:
+        graphs = ("yes" if r.cuda_graphs else "no") + ("+tc" if r.torch_compile else "")
         print(
-            f"{r.precision:9} {'yes' if r.cuda_graphs else 'no':6} {r.input_format:5} {r.batch:5d} "
+            f"{r.precision:9} {graphs:6} {r.input_format:5} {r.batch:5d} "
             f"{r.p50_ms:8.3f} {r.forward_p50_ms:8.3f} {r.images_per_s:9,.0f} "
             f"{r.parity_min_cosine:9.6f} {'pass' if r.parity_passed else 'FAIL'} {r.model}"
         )
@@ -552,6 +567,11 @@ def main() -> int:
         return multi_gpu(args, env, log_dir)
     print("(a) in-process", flush=True)
     rows, reference = measure_in_process(args.builtin, args.iterations)
+    if not args.skip_compile:
+        print("(a') in-process through torch.compile (inductor) under the graphs", flush=True)
+        rows += measure_in_process(
+            args.builtin, args.iterations, (COMPILE_CONFIG,), compile_mode="default"
+        )[0]
     print("(b) served: Bakeoff's PyTorch server", flush=True)
     served_pairs = measure_served_pytorch(args.builtin, rows, args.iterations, log_dir, reference)
     if not args.skip_tiny:
