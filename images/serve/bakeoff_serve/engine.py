@@ -219,9 +219,11 @@ class InferenceEngine:
         runner = self.runners[runner_index]
         try:
             arrays = [pending.array for pending in batch]
-            # Only with a single instance: the loop spins while the GPU works, and it would hold
-            # the GIL against other instances' worker threads (measured: it slows them).
-            if len(self.runners) == 1 and runner.runs_inline(arrays):
+            # Only while every other instance is idle: the loop spins while the GPU works, and
+            # it would hold the GIL against busy instances' worker threads (measured: it slows
+            # them). A lone request on a several-instance server is launched like on one.
+            others_idle = self._free.qsize() == len(self.runners) - 1
+            if others_idle and runner.runs_inline(arrays):
                 launched = runner.launch(arrays)
                 # Yield to the loop until the GPU is done: other requests are read and
                 # decoded meanwhile, and no thread wake-up sits between the GPU and the reply.
