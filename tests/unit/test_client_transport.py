@@ -22,7 +22,7 @@ import pytest
 import uvloop
 
 from bakeoff_bench import client as oip
-from bakeoff_bench import payloads
+from bakeoff_bench import http1, payloads
 
 EMBEDDING = np.arange(2 * 512, dtype="<f4").reshape(2, 512) / 7.0  # 4 KiB of binary output
 JSON_OK = b'{"model_name":"m","outputs":[]}'
@@ -564,12 +564,12 @@ def test_event_loop_factory_prefers_uvloop() -> None:
 )
 def test_read_framing_follows_rfc_9112(head: bytes, framing: tuple[int, bool, str, int]) -> None:
     states = {
-        oip._LENGTH: "length",
-        oip._CHUNK_SIZE: "chunked",
-        oip._UNTIL_CLOSE: "until-close",
-        oip._HEAD: "none",
+        http1._LENGTH: "length",
+        http1._CHUNK_SIZE: "chunked",
+        http1._UNTIL_CLOSE: "until-close",
+        http1._HEAD: "none",
     }
-    status, close, state, length = oip.read_framing(head)
+    status, close, state, length = http1.read_framing(head)
     assert (status, close, states[state], length) == framing
 
 
@@ -583,5 +583,5 @@ def test_read_framing_follows_rfc_9112(head: bytes, framing: tuple[int, bool, st
     ],
 )
 def test_read_framing_rejects_what_it_cannot_frame(head: bytes) -> None:
-    with pytest.raises((oip.BadHttpResponseError, ValueError)):
-        oip.read_framing(head)
+    with pytest.raises((http1.BadHttpResponseError, ValueError)):
+        http1.read_framing(head)
