@@ -52,6 +52,8 @@ MAX_PUBLISH_ATTEMPTS = 20
 # generator crashes before publishing, so the job driver publishes nothing for it.
 FAILING_BENCH_BACKEND = "bench-fails"
 PLURAL = "benchmarksuites"
+# A suite that reached one of these phases stays there (cells use the same two names).
+FINISHED = (api.SuitePhase.SUCCEEDED.value, api.SuitePhase.FAILED.value)
 
 T = TypeVar("T")
 log = logging.getLogger("bakeoff.cluster-tests")

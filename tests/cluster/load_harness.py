@@ -33,6 +33,7 @@ from typing import Any, Final
 import yaml
 from cluster_harness import (
     CHART,
+    FINISHED,
     REPO,
     JobDriver,
     NamespaceRecorder,
@@ -68,7 +69,6 @@ FLOW_PREFIX: Final = "bakeoff-load"
 FLOW_PRECEDENCE: Final = 1000  # before "service-accounts" (9000), after the system schemas
 PRIORITY_LEVEL: Final = "workload-low"  # what "service-accounts" gives a ServiceAccount
 POLL_S: Final = 0.5
-FINISHED: Final = (api.SuitePhase.SUCCEEDED.value, api.SuitePhase.FAILED.value)
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,7 @@ def _cells_by_phase(suites: Sequence[Mapping[str, Any]]) -> tuple[Counter[str], 
     for suite in suites:
         for cell in (suite.get("status") or {}).get("cells", []):
             phases[cell.get("phase", "")] += 1
-            if cell.get("phase") not in ("Succeeded", "Failed"):
+            if cell.get("phase") not in FINISHED:
                 name = suite["metadata"]["name"]
                 unfinished.append(f"{name}:{cell.get('backend')}/{cell.get('pool')}")
     return phases, unfinished

@@ -19,6 +19,7 @@ import yaml
 from cluster_harness import (
     BUILD_TOOLS,
     CHART,
+    FINISHED,
     REPO,
     JobDriver,
     Operator,
@@ -253,7 +254,7 @@ def test_chart_installs_in_a_restricted_namespace_and_its_operator_completes_a_s
     operator.start()
     try:
         name = apply_suite(namespace, SUITE)
-        status = wait_for_suite_phase(custom, namespace, name, ("Succeeded", "Failed"),
+        status = wait_for_suite_phase(custom, namespace, name, FINISHED,
                                       SUITE_TIMEOUT_S)  # fmt: skip
         assert status["phase"] == "Succeeded", status
         assert len(job_driver.published) == 2, job_driver.describe()

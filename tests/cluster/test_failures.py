@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 from cluster_harness import (
+    FINISHED,
     SUITES,
     JobDriver,
     NamespaceRecorder,
@@ -31,7 +32,7 @@ def test_pool_without_nodes_and_backend_never_ready_fail_their_cells_while_other
     operator: Operator,
 ) -> None:
     name = apply_suite(namespace, FAILING)
-    status = wait_for_suite_phase(custom, namespace, name, ("Succeeded", "Failed"), 150)
+    status = wait_for_suite_phase(custom, namespace, name, FINISHED, 150)
 
     assert status["phase"] == "Failed", status
     assert status["progress"] == "6/6"

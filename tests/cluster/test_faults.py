@@ -23,6 +23,7 @@ import yaml
 from cluster_harness import (
     CONTROL_PLANE,
     FAILING_BENCH_BACKEND,
+    FINISHED,
     REPO,
     SUITES,
     JobDriver,
@@ -42,7 +43,6 @@ from bakeoff import api, naming
 pytestmark = pytest.mark.cluster
 
 FAULTS = SUITES / "faults.yaml"
-FINISHED = ("Succeeded", "Failed")
 SUITE_TIMEOUT_S = 180
 GATE_MESSAGE = "held by the fault test"
 

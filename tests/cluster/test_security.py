@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from cluster_harness import (
+    FINISHED,
     ClusterAccess,
     JobDriver,
     NamespaceRecorder,
@@ -190,7 +191,7 @@ def test_operator_never_logs_a_secret_from_the_spec_over_a_whole_suite(
     operator.start()
     try:
         kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(SUITE))
-        status = wait_for_suite_phase(custom, namespace, "secretive", ("Succeeded", "Failed"), 150)
+        status = wait_for_suite_phase(custom, namespace, "secretive", FINISHED, 150)
     finally:
         operator.stop()
         driver.stop()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from cluster_harness import (
+    FINISHED,
     GPU_TAINT,
     REPO,
     JobDriver,
@@ -32,7 +33,6 @@ from bakeoff import cli, naming
 pytestmark = pytest.mark.cluster
 
 EXAMPLE = REPO / "examples" / "rtx4080-vs-a100.yaml"
-FINISHED = ("Succeeded", "Failed")
 SUITE_TIMEOUT_S = 180
 
 
