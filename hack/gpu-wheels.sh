@@ -13,7 +13,8 @@ set -euo pipefail
 
 DIR=${1:-.whl}
 PY=${GPU_PYTHON_VERSION:-3.12}
-PYTRITON=${PYTRITON_VERSION:-0.7.0}
+# The version pyproject.toml pins ([tool.bakeoff] no-deps).
+PYTRITON=${PYTRITON_VERSION:-$(python3 images/requirements.py --no-deps | sed -n "s/^nvidia-pytriton==//p")}
 PLATFORMS=(manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux_2_24_x86_64 manylinux_2_27_x86_64
   manylinux_2_28_x86_64 manylinux_2_31_x86_64 manylinux_2_34_x86_64 manylinux_2_35_x86_64)
 # The server's and the load generator's imports that the GPU image lacks, at the versions this

@@ -6,9 +6,6 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-# The pytriton wheel is used only for the tritonserver binary it bundles; its Python
-# dependencies (numpy<2 among them) are not needed, so it is installed with --no-deps.
-PYTRITON_VERSION=${PYTRITON_VERSION:-0.7.0}
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "==> creating virtualenv $VENV"
@@ -17,7 +14,10 @@ fi
 echo "==> installing bakeoff and its dependencies into $VENV (first run downloads PyTorch)"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[dev]'
-"$VENV/bin/python" -m pip install -q --no-deps "nvidia-pytriton==$PYTRITON_VERSION"
+# pyproject.toml's [tool.bakeoff] no-deps: the nvidia-pytriton wheel, used only for the
+# tritonserver binary it bundles (its Python dependencies, numpy<2 among them, are not needed).
+mapfile -t no_deps < <("$VENV/bin/python" images/requirements.py --no-deps)
+"$VENV/bin/python" -m pip install -q --no-deps "${no_deps[@]}"
 
 # The Python-backend stub in that wheel embeds libpythonX.Y from the system.
 pyver=$("$VENV/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')

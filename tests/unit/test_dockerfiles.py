@@ -1,12 +1,15 @@
 """Static checks of images/*/Dockerfile (no Docker engine needed): pinned bases, a numeric
 non-root USER, an ENTRYPOINT that matches how operator/bakeoff/manifests.py runs the image,
-and COPY sources that exist in the repository."""
+COPY sources that exist in the repository, and dependencies read from pyproject.toml (never
+retyped). The node tier (tests/node) builds these images and runs them as pods."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -17,10 +20,10 @@ IMAGES = ROOT / "images"
 ENTRYPOINTS = {
     "operator": ["kopf", "run", "--standalone", "-m", "bakeoff.handlers"],
     "bench-job": ["python", "-m", "bakeoff_bench"],
-    "pytorch": ["python", "-m", "bakeoff_serve"],
-    "cpu-mock": ["python", "-m", "bakeoff_serve"],
-    "model-prep": ["python", "-m", "bakeoff_serve"],
+    "serve": ["python", "-m", "bakeoff_serve"],
 }
+# The pyproject.toml extra each image installs.
+EXTRAS = {"operator": "operator", "bench-job": "bench", "serve": "serve"}
 
 
 def instructions(name: str) -> list[tuple[str, str]]:
@@ -109,3 +112,30 @@ def test_manifests_pass_arguments_that_follow_these_entrypoints() -> None:
     assert '"triton-prep", "--model-name"' in source
     assert '["triton", "--repo", "/models"' in source
     assert "python -m" not in source
+
+
+@pytest.mark.parametrize("name", sorted(ENTRYPOINTS))
+def test_dependencies_come_from_pyproject(name: str) -> None:
+    """Each image installs its extra through images/requirements.py, and types no pin."""
+    runs = " ".join(rest for keyword, rest in instructions(name) if keyword == "RUN")
+    assert f"requirements.py {EXTRAS[name]} " in runs
+    assert not re.search(r"pip install[^&;]*[\"'][A-Za-z0-9_.-]+\s*[<>=~!]", runs), runs
+
+
+def test_requirements_reader_expands_extras_and_the_no_deps_list() -> None:
+    spec = importlib.util.spec_from_file_location("requirements", IMAGES / "requirements.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = project["dependencies"]
+    for extra in set(EXTRAS.values()):
+        lines = module.requirements(project, [extra])
+        assert lines[: len(core)] == core
+        assert set(project["optional-dependencies"][extra]) <= set(lines)
+    everything = module.requirements(project, ["dev"])
+    assert not any(line.startswith("bakeoff[") for line in everything)
+    for extra in ("operator", "bench", "serve", "report"):
+        assert set(project["optional-dependencies"][extra]) <= set(everything)
+    with pytest.raises(SystemExit, match="no extra 'gpu'"):
+        module.requirements(project, ["gpu"])
