@@ -14,6 +14,7 @@ from typing import Final
 from bakeoff_bench.results import (
     LOW_SAMPLE_THRESHOLD,
     ColdStart,
+    Environment,
     Flag,
     FlagCode,
     ScenarioResult,
@@ -238,6 +239,21 @@ def cold_start_flags(cold: ColdStart, warm_p50_ms: Mapping[int, float]) -> list[
                 )
             )
     return flags
+
+
+def placement_flags(env: Environment) -> list[Flag]:
+    """The load generator on the very node it measures: they share CPUs and memory bandwidth
+    (clusters of one worker schedule it there; see the chart's benchJob.antiAffinity)."""
+    if env.node is None or env.node != env.server_node:
+        return []
+    return [
+        Flag(
+            code=FlagCode.CLIENT_SHARES_NODE,
+            severity="warning",
+            message=f"the load generator ran on {env.node}, the backend's own node: they "
+            "competed for its CPUs, so latency and throughput are lower bounds",
+        )
+    ]
 
 
 def _duration(ms: float) -> str:

@@ -69,6 +69,7 @@ class FlagCode(StrEnum):
     FIRST_REQUEST_FAILED = "first-request-failed"
     FAILED_REQUESTS = "failed-requests"
     NO_SERVER_TIMES = "no-server-times"
+    CLIENT_SHARES_NODE = "client-shares-node"
 
 
 class Flag(StrictModel):

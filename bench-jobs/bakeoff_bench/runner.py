@@ -22,7 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from bakeoff_bench import client as oip
-from bakeoff_bench import coldstart, environment, payloads, phases, server_metrics
+from bakeoff_bench import coldstart, environment, flags, payloads, phases, server_metrics
 from bakeoff_bench.config import BenchConfig
 from bakeoff_bench.results import CellResult, ServerInfo
 
@@ -260,7 +260,10 @@ async def run_bench(
         final = await scraper.snapshot()
 
     cell_flags, flag_notes = phases.attach_flags(measured, cold, target.metrics_url is not None)
-    notes += flag_notes + scraper.problems
+    env = environment.collect_environment(config.seed)
+    placement = flags.placement_flags(env)
+    cell_flags += placement
+    notes += flag_notes + [f"placement: {flag.message}" for flag in placement] + scraper.problems
     if cold is not None:
         cold.warmup_requests += sum(r.warmup_requests for r in measured.everything())
     memory = server_metrics.gpu_memory_bytes(final)
@@ -271,7 +274,7 @@ async def run_bench(
         started_at=started_at,
         finished_at=datetime.now(UTC),
         server=info,
-        environment=environment.collect_environment(config.seed),
+        environment=env,
         seed=config.seed,
         single=measured.single,
         batch_sweep=measured.batch_sweep,

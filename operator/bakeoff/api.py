@@ -319,6 +319,12 @@ class CellStatus(StrictModel):
     node: str | None = None
     message: str = ""
     result_ref: str | None = Field(default=None, description="Where the full result lives")
+    backend_pod: str | None = Field(
+        default=None, description="The backend pod its benchmark measures (set when it starts)"
+    )
+    backend_restarts: int | None = Field(
+        default=None, ge=0, description="That pod's container restarts when its benchmark started"
+    )
 
 
 class Winner(StrictModel):

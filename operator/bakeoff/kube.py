@@ -54,11 +54,16 @@ def observe_pod(pod: Obj) -> reconcile.PodObservation:
         unschedulable = scheduled.get("message") or scheduled.get("reason", "Unschedulable")
     waiting = ""
     restarts = 0
+    terminated: list[datetime] = []
     for container in status.get("containerStatuses") or []:
         restarts += int(container.get("restartCount", 0))
         reason = (container.get("state", {}).get("waiting") or {}).get("reason")
         if reason and reason not in ("ContainerCreating", "PodInitializing"):
             waiting = reason
+        last = (container.get("lastState") or {}).get("terminated") or {}
+        finished = parse_time(last.get("finishedAt"))
+        if finished is not None:
+            terminated.append(finished)
     return reconcile.PodObservation(
         name=pod["metadata"]["name"],
         node=pod.get("spec", {}).get("nodeName"),
@@ -67,6 +72,8 @@ def observe_pod(pod: Obj) -> reconcile.PodObservation:
         unschedulable=unschedulable,
         waiting_reason=waiting,
         restarts=restarts,
+        created_at=parse_time(pod["metadata"].get("creationTimestamp")),
+        last_terminated_at=max(terminated, default=None),
     )
 
 

@@ -306,16 +306,6 @@ def build_bench_job(
         resources={"requests": {"cpu": settings.bench_cpu_request,
                                 "memory": settings.bench_memory_request}},
     )  # fmt: skip
-    anti_affinity = {
-        "podAntiAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": [
-                {
-                    "labelSelector": {"matchLabels": naming.backend_selector(*name_args)},
-                    "topologyKey": "kubernetes.io/hostname",
-                }
-            ]
-        }
-    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -329,13 +319,33 @@ def build_bench_job(
                     "restartPolicy": "Never",
                     "serviceAccountName": naming.BENCH_SERVICE_ACCOUNT,
                     "securityContext": dict(RESTRICTED_POD),
-                    "affinity": anti_affinity,
+                    "affinity": _bench_anti_affinity(name_args, settings),
                     "containers": [container],
                     "volumes": [{"name": "scratch", "emptyDir": {}}],
                 },
             },
         },
     }
+
+
+def _bench_anti_affinity(
+    name_args: tuple[str, str, str], settings: OperatorSettings
+) -> dict[str, Any]:
+    """Never on the node of the backend it measures; or, where the cluster has a single
+    worker, preferably not (the result then carries the client-shares-node flag)."""
+    term = {
+        "labelSelector": {"matchLabels": naming.backend_selector(*name_args)},
+        "topologyKey": "kubernetes.io/hostname",
+    }
+    if settings.bench_anti_affinity == "preferred":
+        rule: dict[str, Any] = {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm": term}
+            ]
+        }
+    else:
+        rule = {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
+    return {"podAntiAffinity": rule}
 
 
 def build_bench_rbac(namespace: str) -> list[Manifest]:

@@ -40,6 +40,8 @@ class PodObservation:
     unschedulable: str = ""  # the scheduler's message while PodScheduled is False
     waiting_reason: str = ""  # e.g. CrashLoopBackOff, ImagePullBackOff
     restarts: int = 0
+    created_at: datetime | None = None
+    last_terminated_at: datetime | None = None  # when a container of it last died
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,44 @@ def backend_left_node(deployment: DeploymentObservation | None, node: str | None
     )
 
 
+def _during(moment: datetime | None, job: JobObservation) -> bool:
+    """Whether `moment` falls inside the benchmark's run (unknown moments count as inside)."""
+    if moment is None:
+        return job.finished_at is None
+    return moment >= job.created_at and (job.finished_at is None or moment <= job.finished_at)
+
+
+def backend_interrupted(
+    deployment: DeploymentObservation | None, previous: api.CellStatus, job: JobObservation
+) -> str:
+    """Why the backend the benchmark started against stopped serving during it ("" if not).
+
+    A container that crashed or was killed is restarted by the kubelet in place (same pod,
+    same node), and a deleted pod is replaced, maybe on the same node: either way part of
+    the run measured a dead or cold server. The pod and its restart count were recorded when
+    the benchmark started; a restart or a replacement after the run ended does not count.
+    """
+    if previous.backend_pod is None or previous.backend_restarts is None or deployment is None:
+        return ""
+    pod = next((p for p in deployment.pods if p.name == previous.backend_pod), None)
+    if pod is None:
+        newer = [p for p in deployment.pods if _during(p.created_at, job)]
+        if newer or job.finished_at is None:
+            now = f" (now {', '.join(p.name for p in newer)})" if newer else ""
+            return (
+                f"backend pod {previous.backend_pod} was deleted during the benchmark{now}: "
+                "the measurement is void"
+            )
+        return ""
+    if pod.restarts > previous.backend_restarts and _during(pod.last_terminated_at, job):
+        return (
+            f"backend pod {pod.name} restarted during the benchmark (container restarts "
+            f"{previous.backend_restarts} -> {pod.restarts}): the kubelet brought the server "
+            "back cold, so the measurement is void"
+        )
+    return ""
+
+
 def explain_not_ready(deployment: DeploymentObservation, pool: api.NodePool) -> str:
     """Why a backend is not ready, in the words a platform engineer needs."""
     for pod in deployment.pods:
@@ -212,6 +252,15 @@ def plan_cell(
         # Terminal is final: a restart or a late event never reopens a cell.
         return decide(previous.phase, previous.message)
     node = _backend_node(deployment) or base.node
+    interrupted = backend_interrupted(deployment, base, job) if job is not None else ""
+    if interrupted:
+        decision = decide(api.CellPhase.FAILED, interrupted, node=base.node)
+        if job is not None and not job.succeeded and not job.failed_message:
+            # Stop the load on the dead backend before the pool's next cell starts beside it.
+            name = naming.job_name(*names)
+            if ("Job", name) not in decision.deletes:
+                decision.deletes.append(("Job", name))
+        return decision
     if result is not None:
         if result.result is None:
             return decide(
@@ -256,11 +305,12 @@ def plan_cell(
         decision.creates += _benchmark_job(suite, uid, cell, settings, server_node=None)
         return decision
     if deployment is not None:
-        ready = deployment.ready_replicas > 0 and any(p.ready for p in deployment.pods)
-        if ready:
+        ready_pods = [p for p in deployment.pods if p.ready]
+        if deployment.ready_replicas > 0 and ready_pods:
+            measured = ready_pods[0]
             decision = decide(
                 api.CellPhase.BENCHMARKING, f"backend ready on {node}; benchmark started",
-                node=node,
+                node=node, backend_pod=measured.name, backend_restarts=measured.restarts,
             )  # fmt: skip
             decision.creates += _benchmark_job(suite, uid, cell, settings, server_node=node)
             return decision

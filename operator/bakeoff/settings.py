@@ -6,6 +6,7 @@ The Helm chart sets these as environment variables (BAKEOFF_*); tests build them
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,16 +15,16 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BAKEOFF_", extra="ignore", frozen=True)
 
-    pytorch_image: str = Field(default="ghcr.io/bakeoff-dev/pytorch-backend:0.1.0")
+    pytorch_image: str = Field(default="ghcr.io/bakeoff-dev/serve:0.1.0")
     triton_image: str = Field(
         default="nvcr.io/nvidia/tritonserver:24.10-py3",
         description="NVIDIA's Triton image, with the native ONNX Runtime backend (GPU pools)",
     )
     cpu_mock_image: str = Field(
-        default="ghcr.io/bakeoff-dev/cpu-mock:0.1.0",
+        default="ghcr.io/bakeoff-dev/serve:0.1.0-cpu",
         description="PyTorch server on CPU and the bundled tritonserver (CPU-mock mode)",
     )
-    model_prep_image: str = Field(default="ghcr.io/bakeoff-dev/model-prep:0.1.0")
+    model_prep_image: str = Field(default="ghcr.io/bakeoff-dev/serve:0.1.0")
     bench_image: str = Field(default="ghcr.io/bakeoff-dev/bench-job:0.1.0")
     cpu_mock: bool = Field(
         default=False,
@@ -33,6 +34,11 @@ class OperatorSettings(BaseSettings):
     backend_memory_request: str = "2Gi"
     bench_cpu_request: str = "1"
     bench_memory_request: str = "512Mi"
+    bench_anti_affinity: Literal["required", "preferred"] = Field(
+        default="required",
+        description="Keep a benchmark pod off its backend's node (required), or only prefer to: "
+        "one-worker clusters must share it (the result is flagged client-shares-node)",
+    )
     reconcile_interval_s: float = Field(default=10.0, gt=0)
     result_grace_s: float = Field(
         default=60.0, gt=0, description="Wait for a result after its Job succeeded"

@@ -8,6 +8,7 @@ import pytest
 from bakeoff_bench import flags
 from bakeoff_bench.results import (
     ColdStart,
+    Environment,
     FlagCode,
     RequestError,
     ScenarioResult,
@@ -201,3 +202,20 @@ def test_a_first_request_needs_100_ms_more_than_warm_to_be_flagged() -> None:
     warm = {1: 1.0}
     assert flags.cold_start_flags(ColdStart(first_request_ms={1: 100.9}), warm) == []
     assert len(flags.cold_start_flags(ColdStart(first_request_ms={1: 101.0}), warm)) == 1
+
+
+@pytest.mark.parametrize(
+    ("client", "server", "flagged"),
+    [("n1", "n1", True), ("n1", "n2", False), (None, None, False), ("n1", None, False)],
+    ids=["same-node", "apart", "local-run", "external-backend"],
+)
+def test_a_load_generator_on_the_backends_own_node_is_flagged(
+    client: str | None, server: str | None, flagged: bool
+) -> None:
+    env = Environment(
+        hostname="h", client_cpu="cpu", client_cores=2, python="3.11", node=client,
+        server_node=server,
+    )  # fmt: skip
+    found = flags.placement_flags(env)
+    assert [f.code for f in found] == ([FlagCode.CLIENT_SHARES_NODE] if flagged else [])
+    assert all(f.severity == "warning" and "lower bounds" in f.message for f in found)

@@ -43,6 +43,19 @@ def test_crash_looping_container_is_seen_with_its_restarts() -> None:
     )
 
 
+def test_a_restarted_container_is_seen_with_when_it_last_died() -> None:
+    observed = kube.observe_pod(pod("p", LABELS, node="n1", phase="Running",
+        containerStatuses=[
+            {"restartCount": 1, "state": {"running": {}},
+             "lastState": {"terminated": {"exitCode": 137, "finishedAt": "2026-11-26T12:00:30Z"}}},
+            {"restartCount": 0, "state": {"running": {}}},
+        ],
+    ))  # fmt: skip
+    assert observed.restarts == 1
+    assert observed.last_terminated_at is not None
+    assert observed.last_terminated_at.isoformat() == "2026-11-26T12:00:30+00:00"
+
+
 def test_children_are_grouped_by_cell_and_component() -> None:
     deployment = {
         "metadata": {"name": "s-pytorch-a100", "labels": LABELS,

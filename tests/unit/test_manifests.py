@@ -94,6 +94,18 @@ def test_benchmark_job_runs_off_the_backend_node_as_the_bench_account() -> None:
     assert "tolerations" not in spec  # never on a tainted GPU node
 
 
+def test_one_worker_clusters_may_let_the_benchmark_share_the_backend_node() -> None:
+    settings = OperatorSettings(bench_anti_affinity="preferred")
+    job = manifests.build_bench_job(STUDY, UID, cells()["pytorch-rtx4080"], settings)
+    anti = pod_spec(job)["affinity"]["podAntiAffinity"]
+    assert list(anti) == ["preferredDuringSchedulingIgnoredDuringExecution"]
+    (preferred,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred["weight"] == 100
+    assert preferred["podAffinityTerm"]["labelSelector"]["matchLabels"] == naming.backend_selector(
+        "clip-vitb32", "pytorch", "rtx4080"
+    )
+
+
 def test_every_pod_meets_the_restricted_pod_security_standard() -> None:
     for cell in cells().values():
         for manifest in (

@@ -421,3 +421,92 @@ def test_the_job_of_a_deployed_backend_knows_the_backend_node_and_images() -> No
     assert env["BAKEOFF_SERVER_NODE"] == "a100-0"
     assert env["BAKEOFF_IMAGE_SERVER"] == SETTINGS.pytorch_image
     assert env["BAKEOFF_IMAGE_BENCH"] == SETTINGS.bench_image
+
+
+POD = naming.backend_name(*names("pytorch", "a100")) + "-0"
+T_RESTART = T0 + timedelta(seconds=30)
+
+
+def measured_pod(restarts: int, pod: str = POD) -> api.SuiteStatus:
+    """The pytorch/a100 cell benchmarking `pod`, which had `restarts` when the run began."""
+    previous = benchmarking_on("a100-0")
+    previous.cells[0] = previous.cells[0].model_copy(
+        update={"backend_pod": pod, "backend_restarts": restarts}
+    )
+    return previous
+
+
+def pod_now(
+    restarts: int, terminated: datetime | None = None, name: str = POD, created: datetime = T0
+) -> DeploymentObservation:
+    pod = PodObservation(
+        name, "a100-0", "Running", ready=True, restarts=restarts, created_at=created,
+        last_terminated_at=terminated,
+    )  # fmt: skip
+    return DeploymentObservation(POD[:-2], T0, ready_replicas=1, pods=(pod,))
+
+
+@pytest.mark.parametrize(
+    ("previous", "deployment", "job", "message"),
+    [
+        (measured_pod(0), pod_now(0), {}, ""),
+        # A restart before the run (a crash loop that recovered) is in the recorded count.
+        (measured_pod(2), pod_now(2, T0 - timedelta(minutes=1)), {}, ""),
+        (
+            measured_pod(0),
+            pod_now(1, T_RESTART),
+            {},
+            f"backend pod {POD} restarted during the benchmark (container restarts 0 -> 1)",
+        ),
+        # The result arrived first, and then the container died: the run was whole.
+        (
+            measured_pod(0),
+            pod_now(1, T0 + timedelta(seconds=355)),
+            {"succeeded": True, "finished_at": T0 + timedelta(seconds=350)},
+            "",
+        ),
+        (
+            measured_pod(0),
+            pod_now(0, name=POD[:-1] + "9", created=T_RESTART),
+            {},
+            f"backend pod {POD} was deleted during the benchmark (now {POD[:-1]}9)",
+        ),
+        # Benchmarks started by an operator that did not record the pod: nothing to compare.
+        (benchmarking_on("a100-0"), pod_now(3, T_RESTART), {}, ""),
+    ],
+    ids=["same", "restarted-before", "restarted-during", "restarted-after", "replaced", "legacy"],
+)
+def test_a_backend_restarted_or_replaced_mid_benchmark_voids_the_cell_and_stops_its_job(
+    previous: api.SuiteStatus,
+    deployment: DeploymentObservation,
+    job: dict[str, object],
+    message: str,
+) -> None:
+    job_name = "clip-vitb32-pytorch-a100-bench"
+    observed = Observed(
+        deployments={"clip-vitb32-pytorch-a100": deployment},
+        jobs={job_name: running_job("pytorch", "a100", **job)},
+    )
+    now = T0 + timedelta(minutes=6)
+    plan = reconcile.plan_suite(suite(previous), UID, observed, now, SETTINGS)
+    cell = next(c for c in plan.status.cells if c.backend == "pytorch" and c.pool == "a100")
+    if not message:
+        assert cell.phase is api.CellPhase.BENCHMARKING, cell
+        assert ("Job", job_name) not in plan.deletes
+        return
+    assert cell.phase is api.CellPhase.FAILED
+    assert cell.message.startswith(message), cell.message
+    assert cell.message.endswith("the measurement is void")
+    # The load stops before the pool's next cell deploys beside the dead backend.
+    assert ("Job", job_name) in plan.deletes
+
+
+def test_the_benchmark_records_the_pod_it_measures_and_its_restarts() -> None:
+    name = naming.backend_name(*names("pytorch", "a100"))
+    pod = PodObservation(f"{name}-x", "a100-0", "Running", ready=True, restarts=3)
+    deployment = DeploymentObservation(name, T0, ready_replicas=1, pods=(pod,))
+    plan = reconcile.plan_suite(
+        suite(), UID, Observed(deployments={name: deployment}), T0, SETTINGS
+    )
+    cell = next(c for c in plan.status.cells if c.backend == "pytorch" and c.pool == "a100")
+    assert (cell.backend_pod, cell.backend_restarts) == (f"{name}-x", 3)
