@@ -39,6 +39,13 @@ export KWOK_WORKDIR=${KWOK_WORKDIR:-$CACHE/kwok}
 CLUSTER=${BAKEOFF_CLUSTER:-bakeoff}
 KUBECONFIG_PATH=$KWOK_WORKDIR/clusters/$CLUSTER/kubeconfig.yaml
 NICE=${NICE:-nice -n 19}
+# hack/node.sh's cluster: its own kwokctl configuration (API server reachable from pods) and
+# only some of hack/nodes/ (names without .yaml). Defaults: hack/kwok/kwokctl.yaml, every file.
+KWOKCTL_CONFIG=${BAKEOFF_KWOKCTL_CONFIG:-$HACK/kwok/kwokctl.yaml}
+NODE_FILES=()
+for f in ${BAKEOFF_NODES:-$(cd "$HACK/nodes" && ls -- *.yaml | sed 's/\.yaml$//')}; do
+  NODE_FILES+=("$HACK/nodes/$f.yaml")
+done
 
 export CGO_ENABLED=0
 export GOFLAGS=${GOFLAGS:--buildvcs=false}
@@ -79,7 +86,7 @@ cmd_gen_mod() {
     echo "go $(awk '$1 == "go" {print $2; exit}' "$kmod")"
     echo
     echo "tool ("
-    for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do echo "	k8s.io/kubernetes/cmd/$c"; done
+    for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do echo "	k8s.io/kubernetes/cmd/$c"; done
     echo ")"
     echo
     echo "require k8s.io/kubernetes v$v"
@@ -217,7 +224,7 @@ cmd_kubeconfig() { echo "$KUBECONFIG_PATH"; }
 # What a running cluster was created from: kwok reads its Stages only at start, and nodes
 # removed from hack/nodes/ would linger, so `up` recreates the cluster when these change.
 CONFIG_STAMP=$CLUSTER_DIR/bakeoff-config.sha256
-config_digest() { cat "$HACK"/kwok/*.yaml "$HACK"/nodes/*.yaml | sha256sum | cut -d' ' -f1; }
+config_digest() { cat "$KWOKCTL_CONFIG" "$HACK"/kwok/stages.yaml "${NODE_FILES[@]}" | sha256sum | cut -d' ' -f1; }
 config_current() { [ "$(cat "$CONFIG_STAMP" 2>/dev/null)" = "$(config_digest)" ]; }
 
 cmd_up() {
@@ -241,7 +248,7 @@ cmd_up() {
   # --kubeconfig "": leave ~/.kube/config alone; use the cluster's own kubeconfig.yaml.
   KWOK_KUBE_VERSION=v$K8S_VERSION KWOK_KUBECTL_BINARY=$BIN/kubectl \
   kwokctl create cluster \
-    --config "$HACK/kwok/kwokctl.yaml" \
+    --config "$KWOKCTL_CONFIG" \
     --config "$HACK/kwok/stages.yaml" \
     --runtime binary \
     --kube-apiserver-binary "$BIN/kube-apiserver" \
@@ -259,10 +266,11 @@ cmd_up() {
 }
 
 cmd_nodes() {
-  log "applying fake nodes from hack/nodes/"
-  kc apply -f "$HACK/nodes/" >&2
+  log "applying fake nodes from hack/nodes/ ($(basename -a "${NODE_FILES[@]}" | tr '\n' ' '))"
+  local f
+  for f in "${NODE_FILES[@]}"; do kc apply -f "$f" >&2; done
   local want
-  want=$(cat "$HACK"/nodes/*.yaml | grep -c '^kind: Node$')
+  want=$(cat "${NODE_FILES[@]}" | grep -c '^kind: Node$')
   kc wait --for=condition=Ready node --all --timeout=120s >/dev/null
   local ready
   ready=$(kc get nodes --no-headers | awk '$2 == "Ready"' | wc -l)
@@ -359,7 +367,7 @@ cmd_smoke() {
   fail() { kc -n "$ns" get all,events 2>&1 | tail -40 >&2 || true; die "smoke: $*"; }
 
   local want
-  want=$(cat "$HACK"/nodes/*.yaml | grep -c '^kind: Node$')
+  want=$(cat "${NODE_FILES[@]}" | grep -c '^kind: Node$')
   step "$want nodes Ready (hack/nodes/)"
   n=$(kc get nodes --no-headers | awk '$2 == "Ready"' | wc -l)
   [ "$n" -eq "$want" ] || fail "expected $want Ready nodes, got $n"
