@@ -26,7 +26,7 @@ demo: $(STAMP) ## Run the CPU-mock bake-off locally: prints the verdict, writes 
 	$(BIN)/bakeoff run $(SUITE) --local
 
 .PHONY: test
-test: $(STAMP) ## Install, lint, typecheck, then the tiers unit, protocol, local, chart, cluster (not gpu)
+test: $(STAMP) ## Install, lint, typecheck, then the tiers unit, protocol, local, chart, cluster, node (not gpu)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
@@ -35,6 +35,7 @@ test: $(STAMP) ## Install, lint, typecheck, then the tiers unit, protocol, local
 	hack/build-tools.sh build
 	$(BIN)/pytest tests/chart $(PYTEST_FLAGS)
 	$(MAKE) test-cluster
+	$(MAKE) test-node
 	@echo "==> not run here: the gpu tier (tests/gpu) needs a CUDA device; run 'make test-gpu' on a GPU machine"
 
 .PHONY: test-unit
@@ -110,6 +111,28 @@ test-cluster: $(STAMP) ## The operator and the chart on a real control plane (bu
 	@# bakeoff.handlers is first imported, and the chart test imports it with the chart's.
 	$(BIN)/pytest tests/cluster --ignore=tests/cluster/test_chart_install.py $(PYTEST_FLAGS)
 	$(BIN)/pytest tests/cluster/test_chart_install.py $(PYTEST_FLAGS)
+
+.PHONY: images
+images: ## Build the images (operator, bench-job, serve) without a registry: debootstrap base, Docker engine started if needed
+	hack/images.sh build
+
+.PHONY: node-up
+node-up: ## Start (building once) the node tier's cluster: a real node (kubelet, containerd) beside kwok GPU pools
+	hack/node.sh up
+
+.PHONY: node-down
+node-down: ## Stop the real node and its cluster; leave no pod, mount, interface or rule behind
+	hack/node.sh down
+
+.PHONY: test-node
+test-node: $(STAMP) ## Real pods: images built here, the chart installed, the CPU-mock suite on a real node, Prometheus
+	@command -v prometheus >/dev/null || { \
+	  echo "==> installing prometheus (Debian package) for the node tier"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	hack/build-tools.sh build
+	hack/images.sh build
+	hack/node.sh up
+	$(BIN)/pytest tests/node $(PYTEST_FLAGS)
 
 .PHONY: kind-up
 kind-up: ## Users with Docker: kind cluster, images built and loaded, chart (CPU mock), suite applied

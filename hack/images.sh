@@ -5,8 +5,8 @@
 #                                   bakeoff/NAME:$BAKEOFF_TAG (default: every image); prints
 #                                   each image's ID (its digest) and size
 #   hack/images.sh list             the images built here: name, ID, size
-#   hack/images.sh load [NAME...]   copy built images into the node's containerd (hack/node.sh),
-#                                   skipping those already there
+#   hack/images.sh load [NAME...]   copy built images (default: all and the pause image) into
+#                                   the node's containerd (hack/node.sh), skipping those there
 #   hack/images.sh base             the base image alone
 #   hack/images.sh docker-up|docker-down
 #                                   start/stop the Docker engine this script started
@@ -176,6 +176,10 @@ build_one() { # name
   tail -n +1 -f --pid="$pid" "$logf" | grep --line-buffered -E '^Step [0-9]+/' | sed -u -E 's/^(.{0,106}).*/    \1/' >&2 || true
   wait "$pid" || rc=$?
   [ "$rc" -eq 0 ] || { tail -30 "$logf" >&2; die "building $ref failed (log: $logf)"; }
+  # The build stage tagged too (all cached: instant), so that pruning the dangling images of
+  # earlier builds keeps what the next build reuses (the serve image's is ~5 GB).
+  DOCKER_BUILDKIT=0 docker build -q --build-arg PYTHON_IMAGE="$BASE_IMAGE" --target build \
+    -f "$file" -t "bakeoff/$name-build:$TAG" "$ROOT" >/dev/null 2>&1
   log "built $ref in $(( $(date +%s) - start ))s"
 }
 
@@ -199,6 +203,8 @@ cmd_build() {
   local name
   for name in "${names[@]}"; do build_one "$name"; done
   cmd_pause
+  # Earlier builds' images (untagged now): GBs each for serve.
+  docker image prune -f >/dev/null
   cmd_list
 }
 
@@ -210,7 +216,7 @@ ctr_node() { ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
 cmd_load() {
   local refs=() name ref id
   [ -S "$CONTAINERD_SOCK" ] || die "the node's containerd is not running ($CONTAINERD_SOCK): hack/node.sh up"
-  if [ $# -eq 0 ]; then set -- "${IMAGES[@]}"; fi
+  if [ $# -eq 0 ]; then set -- "${IMAGES[@]}" "$PAUSE_IMAGE"; fi
   for name in "$@"; do
     case $name in */*) refs+=("$name") ;; *) refs+=("bakeoff/$name:$TAG") ;; esac
   done

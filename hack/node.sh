@@ -275,7 +275,8 @@ resolvConf: /etc/resolv.conf
 failSwapOn: false
 # The node is a developer's machine: never evict for its disk, never collect the images
 # loaded from hack/images.sh (they cannot be pulled again).
-evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", nodefs.inodesFree: "1%",
+               imagefs.available: "1%", imagefs.inodesFree: "1%"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
@@ -319,6 +320,8 @@ healthy() {
 cmd_up() {
   need_root up
   if healthy; then
+    # The sandbox image is what every pod needs: the kubelet may have collected it.
+    BAKEOFF_NODE_RUN=$RUN "$HACK/images.sh" load "${PAUSE_IMAGE#docker.io/}" >&2
     log "node '$NODE_NAME' of cluster '$BAKEOFF_CLUSTER' is already up"
     echo "$KUBECONFIG_PATH"
     return 0
@@ -374,6 +377,7 @@ unmount_under() { # dir...
   local d m
   for d in "$@"; do
     findmnt -rn -o TARGET | awk -v d="$d" 'index($0, d) == 1' | sort -r | while read -r m; do
+      # -l: a mount still busy (a dying container) goes once free.
       umount -l "$m" 2>/dev/null || true
     done
   done
@@ -397,8 +401,9 @@ remove_network() {
   [ -x "$BIN/kube-proxy" ] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
   local table rule chain
   for table in filter nat mangle; do
-    iptables -t "$table" -S 2>/dev/null | grep -E '^-A .* -j (CNI-|KUBE-)' | sed 's/^-A/-D/' |
-      while read -r rule; do eval "iptables -t $table $rule" 2>/dev/null || true; done
+    # (grep finds nothing on a clean machine: not an error under pipefail)
+    iptables -t "$table" -S 2>/dev/null | { grep -E '^-A .* -j (CNI-|KUBE-)' || true; } |
+      sed 's/^-A/-D/' | while read -r rule; do eval "iptables -t $table $rule" 2>/dev/null || true; done
     for chain in $(iptables -t "$table" -S 2>/dev/null | awk '$1 == "-N" && ($2 ~ /^CNI-/ || $2 ~ /^KUBE-/) {print $2}'); do
       iptables -t "$table" -F "$chain" 2>/dev/null || true
     done

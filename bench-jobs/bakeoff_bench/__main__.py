@@ -76,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Not ready, unreachable or answering nonsense: the backend, not the config.
         print(f"error: backend: {exc}", file=sys.stderr)
         return EXIT_BACKEND
+    # In a cluster the operator saw the backend become ready (pod created -> Ready), not us.
+    ready = os.environ.get("BAKEOFF_TIME_TO_READY_S")
+    if ready:
+        result.time_to_ready_s = float(ready)
     if args.out is not None:
         text = result.model_dump_json(by_alias=True, indent=2)
         if str(args.out) == "-":

@@ -52,6 +52,17 @@ class BackendNotReadyError(BenchError):
     """GET /v2/health/ready did not answer 200 within the ready timeout."""
 
 
+class BackendGoneError(BenchError):
+    """The backend stopped answering in the middle of the run (the circuit breaker tripped)."""
+
+
+# The circuit breaker: this many connection-level failures in a row (refused, reset, closed
+# before an answer) mean the server is gone (crashed, killed, restarting): no answer came in
+# between, so it is no blip. The run stops there instead of timing a dead port for every
+# scenario left (a refused connection fails in microseconds: 20 are over at once).
+BREAKER_FAILURES: Final = 20
+
+
 class BackendResponseError(BenchError):
     """A metadata or parity call failed or could not connect; the message quotes the server."""
 
@@ -181,6 +192,10 @@ class OipClient:
         # The request bytes of the last payload sent: a scenario sends one payload many times.
         self._payload: payloads.Payload | None = None
         self._request = b""
+        # The circuit breaker's state; `gone` says why once it tripped.
+        self._failing = 0
+        self._failing_since = 0.0
+        self.gone: str | None = None
 
     def close(self) -> None:
         """Close the `infer` connections (closing a `make_session` session does it too)."""
@@ -311,12 +326,36 @@ class OipClient:
             else:
                 connection = await self._exchange(self._request, False, started)
         except (OSError, TimeoutError, http1.BadHttpResponseError) as exc:
+            if isinstance(exc, ConnectionError):  # refused, reset, closed: not a timeout
+                self._connection_failed(exc)
             return time.perf_counter() - started, False, exception_key(exc)
+        self._failing = 0
         latency = connection.finished_at - started
         status = connection.status
         if status < 300:
             return latency, True, None
         return latency, False, (f"HTTP {status}", error_message(connection.body))
+
+    def _connection_failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._failing == 0:
+            self._failing_since = now
+        self._failing += 1
+        span = now - self._failing_since
+        if self.gone is None and self._failing >= BREAKER_FAILURES:
+            kind, message = exception_key(exc)
+            self.gone = (
+                f"{self._failing} connection failures in a row over {span * 1000:.0f} ms "
+                f"({kind}: {message})"
+            )
+
+    def raise_if_gone(self, where: str) -> None:
+        """Stop the run once the backend stopped answering (see BREAKER_FAILURES)."""
+        if self.gone is not None:
+            raise BackendGoneError(
+                f"the backend stopped answering during {where}: {self.gone}; the remaining "
+                "scenarios were skipped"
+            )
 
     async def infer_decoded(self, payload: payloads.Payload) -> dict[str, npt.NDArray[Any]]:
         """One request with decoded outputs (parity); a failure raises with the server's text."""

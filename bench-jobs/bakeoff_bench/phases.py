@@ -58,6 +58,7 @@ async def run_closed_loop(
             client, encoded[size], size, concurrency, requests, warmup, scenario=kind,
             scraper=scraper, progress=progress, steady_state=steady_state or default,
         )  # fmt: skip
+        client.raise_if_gone(result.label)
         progress(scenarios.summary_line(result))
         return result
 
@@ -103,6 +104,7 @@ async def run_rates(
             client, payload, spec, rate, seed=config.seed, workers=config.workers,
             scraper=scraper, duration_s=duration_s,
         )  # fmt: skip
+        client.raise_if_gone(result.label)
         progress(scenarios.summary_line(result))
         return result
 

@@ -93,7 +93,7 @@ class _Window:
 
 
 async def _worker(client: oip.OipClient, payload: payloads.Payload, window: _Window) -> None:
-    while window.take():
+    while client.gone is None and window.take():
         window.record(await client.infer(payload))
 
 

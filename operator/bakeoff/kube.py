@@ -73,6 +73,9 @@ def observe_pod(pod: Obj) -> reconcile.PodObservation:
         waiting_reason=waiting,
         restarts=restarts,
         created_at=parse_time(pod["metadata"].get("creationTimestamp")),
+        ready_at=parse_time(ready.get("lastTransitionTime"))
+        if ready and ready.get("status") == "True"
+        else None,
         last_terminated_at=max(terminated, default=None),
     )
 

@@ -275,6 +275,7 @@ def build_bench_job(
     cell: plan.Cell,
     settings: OperatorSettings,
     server_node: str | None = None,
+    time_to_ready_s: float | None = None,
 ) -> Manifest:
     """The benchmark Job: in-cluster, never on the node of the backend it measures."""
     name_args = (suite.metadata.name, cell.backend.name, cell.pool.name)
@@ -300,6 +301,8 @@ def build_bench_job(
     ]  # fmt: skip
     if server_node:
         env.append({"name": "BAKEOFF_SERVER_NODE", "value": server_node})
+    if time_to_ready_s is not None:
+        env.append({"name": "BAKEOFF_TIME_TO_READY_S", "value": f"{time_to_ready_s:.1f}"})
     container = _container(
         "bench", settings.bench_image, ["--config-env", "BAKEOFF_BENCH_CONFIG", "--publish"],
         env=env,

@@ -41,6 +41,7 @@ class PodObservation:
     waiting_reason: str = ""  # e.g. CrashLoopBackOff, ImagePullBackOff
     restarts: int = 0
     created_at: datetime | None = None
+    ready_at: datetime | None = None  # when it last became Ready
     last_terminated_at: datetime | None = None  # when a container of it last died
 
 
@@ -213,13 +214,18 @@ def _benchmark_job(
     cell: plan.Cell,
     settings: OperatorSettings,
     server_node: str | None,
+    backend: PodObservation | None = None,
 ) -> list[manifests.Manifest]:
     """The Job and, first, the identity it publishes its result with."""
     namespace = suite.metadata.namespace or "default"
-    return [
-        *manifests.build_bench_rbac(namespace),
-        manifests.build_bench_job(suite, uid, cell, settings, server_node=server_node),
-    ]
+    ready_s = None
+    if backend is not None and backend.created_at and backend.ready_at:
+        # Pod created -> Ready: scheduling, model prep, start-up and warm-up (ready means warm).
+        ready_s = max(0.0, _seconds(backend.ready_at, backend.created_at))
+    job = manifests.build_bench_job(
+        suite, uid, cell, settings, server_node=server_node, time_to_ready_s=ready_s
+    )
+    return [*manifests.build_bench_rbac(namespace), job]
 
 
 def plan_cell(
@@ -312,7 +318,9 @@ def plan_cell(
                 api.CellPhase.BENCHMARKING, f"backend ready on {node}; benchmark started",
                 node=node, backend_pod=measured.name, backend_restarts=measured.restarts,
             )  # fmt: skip
-            decision.creates += _benchmark_job(suite, uid, cell, settings, server_node=node)
+            decision.creates += _benchmark_job(
+                suite, uid, cell, settings, server_node=node, backend=measured
+            )
             return decision
         waited = _seconds(now, deployment.created_at)
         reason = explain_not_ready(deployment, cell.pool)

@@ -208,6 +208,8 @@ class Recorded:
     first_seen: dict[str, float] = field(default_factory=dict)  # name -> time.monotonic()
     nodes: dict[str, str] = field(default_factory=dict)  # pods: name -> spec.nodeName
     labels: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> labels
+    final: dict[str, dict[str, Any]] = field(default_factory=dict)  # last version, deleted too
+    ready: set[str] = field(default_factory=set)  # pods seen with condition Ready=True
 
 
 class NamespaceRecorder:
@@ -276,6 +278,10 @@ class NamespaceRecorder:
             node = obj.get("spec", {}).get("nodeName")
             if node:
                 recorded.nodes[name] = node
+            recorded.final[name] = obj
+            conditions = obj.get("status", {}).get("conditions") or []
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+                recorded.ready.add(name)
             if event_type == "DELETED":
                 recorded.latest.pop(name, None)
             else:

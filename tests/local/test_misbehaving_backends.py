@@ -88,13 +88,35 @@ def run(
     return code, work / "out" / "misbehaving"
 
 
-def codes(suite_dir: Path, backend: str) -> set[str]:
+def scenario_codes(suite_dir: Path, backend: str) -> list[set[str]]:
+    """The flags of each scenario of the backend's cell, the cell's own flags first."""
     result = json.loads((suite_dir / "cells" / f"{backend}-local.json").read_text())
-    found = {f["code"] for f in result["flags"]}
+    found = [{f["code"] for f in result["flags"]}]
     for key in ("single", "batchSweep", "rate"):
         scenarios = result[key] if isinstance(result[key], list) else [result[key]]
-        found |= {f["code"] for s in scenarios if s for f in s["flags"]}
+        found += [{f["code"] for f in s["flags"]} for s in scenarios if s]
     return found
+
+
+def codes(suite_dir: Path, backend: str) -> set[str]:
+    return set().union(*scenario_codes(suite_dir, backend))
+
+
+# On a machine whose cores are busy with other work, the load generator itself can fall
+# behind a rate schedule. It says so (client-bottleneck) in the same scenario: that is the
+# machine's doing, not the server's. A server that is really too slow leaves the client idle,
+# waiting, so its shortfall comes without client-bottleneck.
+EXPLAINED_BY_THE_CLIENT = {"rate-not-sustained"}
+
+
+def blamed_on_the_server(suite_dir: Path, backend: str) -> set[str]:
+    """The flags of the backend, less those its own scenario puts down to a starved client."""
+    blamed: set[str] = set()
+    for scenario in scenario_codes(suite_dir, backend):
+        if "client-bottleneck" in scenario:
+            scenario = scenario - EXPLAINED_BY_THE_CLIENT
+        blamed |= scenario
+    return blamed
 
 
 def test_the_run_completes_every_cell(run: tuple[int, Path]) -> None:
@@ -115,12 +137,12 @@ def test_the_run_completes_every_cell(run: tuple[int, Path]) -> None:
 def test_each_misbehaviour_raises_its_flag(run: tuple[int, Path], backend: str, flag: str) -> None:
     _, suite_dir = run
     assert flag in codes(suite_dir, backend)
-    assert flag not in codes(suite_dir, "well")
+    assert flag not in blamed_on_the_server(suite_dir, "well")
 
 
 def test_the_well_behaved_server_raises_none_of_those_flags(run: tuple[int, Path]) -> None:
     _, suite_dir = run
-    assert not codes(suite_dir, "well") & {
+    assert not blamed_on_the_server(suite_dir, "well") & {
         "slow-first-request",
         "queue-dominates",
         "unstable",

@@ -8,9 +8,11 @@ sent and that the server-side window covers the measured requests only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -208,7 +210,11 @@ def _write(tmp_path: Path, name: str, data: object) -> Path:
     return path
 
 
-async def test_cli_writes_the_result(server: FakeOipServer, tmp_path: Path) -> None:
+async def test_cli_writes_the_result(
+    server: FakeOipServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In a Job, the operator passes the backend's time to ready (it saw the pod's).
+    monkeypatch.setenv("BAKEOFF_TIME_TO_READY_S", "12.5")
     config = make_config(server.url, batchSweep=None).model_dump(by_alias=True, mode="json")
     config_path = _write(tmp_path, "cfg.json", config)
     out = tmp_path / "out" / "result.json"
@@ -216,6 +222,7 @@ async def test_cli_writes_the_result(server: FakeOipServer, tmp_path: Path) -> N
     assert code == 0
     result = CellResult.model_validate_json(out.read_text())
     assert result.single is not None and result.single.requests == 30
+    assert result.time_to_ready_s == 12.5
     assert "singleScenario" not in out.read_text() and '"parityOutputs"' in out.read_text()
 
 
@@ -254,3 +261,44 @@ async def test_unknown_model_is_a_bench_error_quoting_the_server(server: FakeOip
     config = make_config(server.url, target={"httpUrl": server.url, "modelName": "absent"})
     with pytest.raises(runner.BenchError, match=r"GET .*/v2/models/absent: HTTP 404"):
         await runner.run_bench(config, lambda _: None)
+
+
+async def test_a_backend_that_dies_mid_run_stops_the_run_within_seconds() -> None:
+    """The circuit breaker: connection failures in a row end the run with the scenario named,
+    instead of timing a dead port through every scenario left."""
+    stack = contextlib.ExitStack()
+    fake = stack.enter_context(fake_oip.serving_in_thread(FakeOipServer(record_bodies=False)))
+    config = make_config(fake.url, single={"requests": 1_000_000, "warmup": 1})
+    run = asyncio.create_task(runner.run_bench(config, lambda _: None))
+    while fake.success < 200:  # measuring by now
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(stack.close)  # the server goes away
+    died = time.monotonic()
+    with pytest.raises(oip.BackendGoneError) as caught:
+        await asyncio.wait_for(run, timeout=60)
+    assert time.monotonic() - died < 15
+    message = str(caught.value)
+    assert message.startswith("the backend stopped answering during single")
+    assert "connection failures in a row" in message
+    assert "remaining scenarios were skipped" in message
+    assert fake.batch_calls.get(4, 0) == 1  # its cold-start request: the sweep never ran
+
+
+async def test_the_breaker_trips_on_failures_in_a_row_only(server: FakeOipServer) -> None:
+    client = oip.OipClient(oip.make_session(1, 5), server.url, MODEL)
+    payload = payloads.build_payload(
+        "images", "embedding", payloads.seeded_images(1, [1, *IMAGE_SHAPE])
+    )
+    try:
+        for _ in range(3):  # a blip: failures, then an answer, then failures again
+            for _ in range(oip.BREAKER_FAILURES - 1):
+                client._connection_failed(ConnectionRefusedError("refused"))
+            assert (await client.infer(payload))[1] is True
+        client.raise_if_gone("single")
+        assert client.gone is None
+        for _ in range(oip.BREAKER_FAILURES):
+            client._connection_failed(ConnectionRefusedError("refused"))
+        with pytest.raises(oip.BackendGoneError, match="20 connection failures in a row"):
+            client.raise_if_gone("single")
+    finally:
+        await client.session.close()

@@ -421,6 +421,24 @@ def test_the_job_of_a_deployed_backend_knows_the_backend_node_and_images() -> No
     assert env["BAKEOFF_SERVER_NODE"] == "a100-0"
     assert env["BAKEOFF_IMAGE_SERVER"] == SETTINGS.pytorch_image
     assert env["BAKEOFF_IMAGE_BENCH"] == SETTINGS.bench_image
+    assert "BAKEOFF_TIME_TO_READY_S" not in env  # the pod's times are not known here
+
+
+def test_the_job_reports_how_long_the_backend_pod_took_to_be_ready() -> None:
+    name = naming.backend_name(*names("pytorch", "a100"))
+    pod = PodObservation(
+        f"{name}-x", "a100-0", "Running", ready=True, created_at=T0,
+        ready_at=T0 + timedelta(seconds=42.26),
+    )  # fmt: skip
+    deployment = DeploymentObservation(name, T0, ready_replicas=1, pods=(pod,))
+    plan = reconcile.plan_suite(
+        suite(), UID, Observed(deployments={name: deployment}), T0, SETTINGS
+    )
+    job = next(m for m in plan.creates if m["kind"] == "Job")
+    env = {
+        e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["BAKEOFF_TIME_TO_READY_S"] == "42.3"
 
 
 POD = naming.backend_name(*names("pytorch", "a100")) + "-0"
