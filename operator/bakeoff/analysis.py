@@ -147,11 +147,16 @@ def cell_flags(result: CellResult) -> list[Flag]:
     return flags
 
 
+def answered(scenario: ScenarioResult) -> bool:
+    """At least one request succeeded: a scenario without any has no numbers to show."""
+    return scenario.latency.count > 0
+
+
 def best_throughput(result: CellResult) -> ScenarioResult | None:
     """The closed-loop run with the most inferences per second (open-loop rates are capped
     by what was requested, so they do not count)."""
-    candidates = [s for s in [*result.batch_sweep, *result.concurrency_sweep] if s.requests > 0]
-    if result.single is not None and result.single.requests > 0:
+    candidates = [s for s in [*result.batch_sweep, *result.concurrency_sweep] if answered(s)]
+    if result.single is not None and answered(result.single):
         candidates.append(result.single)
     return max(candidates, key=lambda s: s.inferences_per_s, default=None)
 
@@ -159,13 +164,16 @@ def best_throughput(result: CellResult) -> ScenarioResult | None:
 def _row(
     result: CellResult, pool: api.NodePool, parity: ParityCheck | None, is_reference: bool
 ) -> VerdictRow:
-    single = result.single
+    single = result.single if result.single is not None and answered(result.single) else None
     best = best_throughput(result)
     single_server = single.server if single is not None else None
     flags = cell_flags(result)
     errors = [f for f in flags if f.severity == "error"]
-    ok = (parity is None or parity.passed) and not errors
-    if parity is not None and not parity.passed:
+    silent = not any(answered(s) for s in result.scenario_results())
+    ok = (parity is None or parity.passed) and not errors and not silent
+    if silent:
+        status = "failed: no request succeeded in any scenario"
+    elif parity is not None and not parity.passed:
         status = f"parity failed: {parity.message}"
     elif errors:
         status = f"not usable: {errors[0].code.value}: {errors[0].message}"

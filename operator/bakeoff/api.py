@@ -26,9 +26,11 @@ DnsLabel = Annotated[
     str,
     StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
 ]
+# A suite's name is a label value (bakeoff.dev/suite), so at most 63; every child name built
+# from it is bounded to 63 with a hash suffix (naming.bounded).
 SuiteName = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
+    StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"),
 ]
 # A label value as Kubernetes accepts it (nodeSelector values end up in pod specs; a bad one
 # would fail every Deployment the operator creates, long after `kubectl apply` succeeded).

@@ -113,11 +113,11 @@ CEL_RULES: Final[tuple[tuple[tuple[str, ...], CelRule], ...]] = (
     (
         (),
         {
-            "rule": "self.metadata.name.size() <= 40 && "
+            "rule": "self.metadata.name.size() <= 63 && "
             "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
-            "message": "metadata.name must be a DNS label of at most 40 characters (lower-case "
-            "letters, digits and '-'), because the names of the suite's Deployments, Services "
-            "and Jobs are built from it; choose a shorter name without dots",
+            "message": "metadata.name must be a DNS label of at most 63 characters (lower-case "
+            "letters, digits and '-'): it is the bakeoff.dev/suite label of everything the "
+            "suite creates; choose a name without dots",
             "fieldPath": ".metadata.name",
         },
     ),

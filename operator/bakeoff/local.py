@@ -49,7 +49,6 @@ class LocalOptions:
     out_dir: Path
     pool: str | None = None
     device: DeviceChoice = "auto"
-    ready_timeout_s: float = 600.0
     cache_dir: Path | None = None
 
 
@@ -161,10 +160,19 @@ def backend_command(
     return command, target
 
 
-def _bench(config: bench_config.BenchConfig, progress: Progress) -> CellResult:
-    # The load generator's own event loop (uvloop when installed), as in the benchmark Job.
+def _bench(config: bench_config.BenchConfig, progress: Progress, run_seconds: float) -> CellResult:
+    # The load generator's own event loop (uvloop when installed), as in the benchmark Job,
+    # stopped after timeouts.runSeconds as the Job's activeDeadlineSeconds would stop it.
+    async def bounded() -> CellResult:
+        try:
+            return await asyncio.wait_for(bench_runner.run_bench(config, progress), run_seconds)
+        except TimeoutError:
+            raise bench_runner.BenchError(
+                f"the benchmark did not finish within timeouts.runSeconds={run_seconds:g}"
+            ) from None
+
     with _ctrl_c_raises(), asyncio.Runner(loop_factory=bench_client.event_loop_factory()) as runner:
-        return runner.run(bench_runner.run_bench(config, progress))
+        return runner.run(bounded())
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -193,7 +201,8 @@ def _ctrl_c_raises() -> Iterator[None]:
 def _measure_external(suite: api.BenchmarkSuite, cell: plan.Cell, progress: Progress) -> CellResult:
     target = plan.external_target(suite, cell.backend)
     progress(f"measuring the external server at {target.http_url} as it is")
-    result = _bench(plan.build_bench_config(suite, cell, target), progress)
+    run_s = float(suite.spec.timeouts.run_seconds)
+    result = _bench(plan.build_bench_config(suite, cell, target), progress, run_s)
     result.notes.append("external backend: started and configured outside Bakeoff")
     return result
 
@@ -209,9 +218,11 @@ def _measure_started_backend(
 ) -> CellResult:
     command, target = backend_command(suite, cell.backend, device, work_dir, options.cache_dir)
     progress(f"starting {cell.backend.kind.value} server (log: {log_path})")
-    with process.running_server(command, log_path, options.ready_timeout_s) as server:
+    ready_s = float(suite.spec.timeouts.ready_seconds)
+    with process.running_server(command, log_path, ready_s) as server:
         progress(f"ready and warm after {server.time_to_ready_s:.1f} s")
-        result = _bench(plan.build_bench_config(suite, cell, target), progress)
+        run_s = float(suite.spec.timeouts.run_seconds)
+        result = _bench(plan.build_bench_config(suite, cell, target), progress, run_s)
         if result.memory_bytes is None:
             result.memory_bytes = _process_tree_rss(server.process.pid)
             result.memory_kind = "host-rss"

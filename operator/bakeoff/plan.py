@@ -112,6 +112,8 @@ def build_bench_config(
         steady_state=scenarios.steady_state,
         workers=scenarios.workers,
         seed=suite.spec.model.seed,
+        # An external backend is waited for here (a deployed one is ready before its Job).
+        ready_timeout_s=float(suite.spec.timeouts.ready_seconds),
     )
 
 

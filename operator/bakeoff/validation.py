@@ -6,6 +6,7 @@ we can tell, what to write instead. The CLI prints them; nothing here raises to 
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from collections import Counter
@@ -358,6 +359,93 @@ def _backend_placement_problems(
     return problems
 
 
+# Stand-ins for required fields whose own value is wrong or missing, so that the rules across
+# fields can still be checked in the same pass (their own problem is reported already).
+_PLACEHOLDERS: dict[tuple[str | int, ...], Any] = {
+    ("metadata", "name"): "suite",
+    ("spec", "model"): {"name": "model", "source": {"builtin": "vit-tiny-clip"}},
+    ("spec", "model", "name"): "model",
+    ("spec", "model", "source"): {"builtin": "vit-tiny-clip"},
+    ("spec", "nodePools"): [{"name": "pool"}],
+    ("spec", "backends"): [{"name": "backend", "kind": "pytorch"}],
+}
+_REPAIR_ROUNDS = 4
+
+
+def _cross_field_problems_despite(
+    document: dict[str, Any], error: ValidationError
+) -> list[Problem]:
+    """`check_suite`'s problems for a document the schema refused: fields the schema refused
+    are dropped (to their default) or stood in for, and the rest checked, so that one pass
+    reports everything. Problems at or under a path already reported are left out."""
+    repaired = copy.deepcopy(document)
+    reported = [format_loc(e["loc"]) for e in error.errors(include_url=False)]
+    current: ValidationError | None = error
+    for _ in range(_REPAIR_ROUNDS):
+        assert current is not None
+        for item in current.errors(include_url=False):
+            if not _repair(repaired, tuple(item["loc"]), missing=item["type"] == "missing"):
+                return []
+        try:
+            suite = api.BenchmarkSuite.model_validate(repaired)
+        except ValidationError as again:
+            current = again
+            continue
+        return [
+            p for p in check_suite(suite)
+            if not any(p.path == r or p.path.startswith((f"{r}.", f"{r}[")) for r in reported)
+        ]  # fmt: skip
+    return []
+
+
+def _repair(document: Any, loc: tuple[str | int, ...], missing: bool) -> bool:
+    """Drop the value at `loc` (its default applies), or put a placeholder where the schema
+    requires one. False when neither can be done (the cross-field pass is then skipped)."""
+    for depth in range(len(loc), 0, -1):
+        prefix = loc[:depth]
+        if prefix in _PLACEHOLDERS:
+            return _set(document, prefix, copy.deepcopy(_PLACEHOLDERS[prefix]))
+        if missing:
+            continue
+        parent = _get(document, prefix[:-1])
+        if isinstance(parent, dict) and prefix[-1] in parent:
+            required = _required_at(prefix)
+            if not required:
+                del parent[prefix[-1]]
+                return True
+    return False
+
+
+def _get(document: Any, loc: tuple[str | int, ...]) -> Any:
+    for part in loc:
+        in_dict = isinstance(document, dict) and part in document
+        in_list = isinstance(document, list) and isinstance(part, int) and part < len(document)
+        if not (in_dict or in_list):
+            return None
+        document = document[part]
+    return document
+
+
+def _set(document: Any, loc: tuple[str | int, ...], value: Any) -> bool:
+    parent = _get(document, loc[:-1])
+    if isinstance(parent, dict):
+        parent[loc[-1]] = value
+        return True
+    if isinstance(parent, list) and isinstance(loc[-1], int) and loc[-1] < len(parent):
+        parent[loc[-1]] = value
+        return True
+    return False
+
+
+def _required_at(loc: tuple[str | int, ...]) -> bool:
+    """Whether the field at `loc` has no default (dropping it would only move the problem)."""
+    model = _model_at(loc)
+    if model is None:
+        return False
+    field = next((f for n, f in model.model_fields.items() if loc[-1] in (n, f.alias)), None)
+    return field is not None and field.is_required()
+
+
 def parse_suite(document: Any, source: str = "suite") -> api.BenchmarkSuite:
     """Validate a decoded document; raise SuiteInvalid listing every problem."""
     if not isinstance(document, dict):
@@ -375,7 +463,9 @@ def parse_suite(document: Any, source: str = "suite") -> api.BenchmarkSuite:
     try:
         suite = api.BenchmarkSuite.model_validate(document)
     except ValidationError as error:
-        raise SuiteInvalid(source, problems_from_validation_error(error)) from None
+        problems = problems_from_validation_error(error)
+        more = _cross_field_problems_despite(document, error)
+        raise SuiteInvalid(source, problems + more) from None
     problems = check_suite(suite)
     if problems:
         raise SuiteInvalid(source, problems)

@@ -70,3 +70,16 @@ def test_summary_for_status_carries_cost_per_backend_and_pool() -> None:
     summary = verdict.summary()
     assert set(summary.cost_per_1k) == {"pytorch/cpu-mock"}
     assert set(summary.winners) == {"latency", "throughput", "cost", "memory"}
+
+
+def test_a_result_without_one_successful_request_shows_no_numbers_and_cannot_win() -> None:
+    dead = cell("pytorch", "cpu-mock", p50=0.0001, best=1e9)
+    for scenario in dead.scenario_results():
+        scenario.latency = scenario.latency.model_copy(update={"count": 0})
+    verdict = analysis.analyze(SUITE, [dead, cell("triton-onnx-cpu", "cpu-mock", p50=15.0)])
+    row = next(r for r in verdict.rows if r.backend == "pytorch")
+    assert row.ok is False
+    assert row.status == "failed: no request succeeded in any scenario"
+    assert row.single_p50_ms is None and row.best_inferences_per_s is None
+    assert row.cost_per_1k is None
+    assert {w.backend for w in verdict.winners.values()} == {"triton-onnx-cpu"}

@@ -362,7 +362,7 @@ EXPECTED_RULES = {
         "spec.nodePools[]",
         "self.gpus == 0 || (has(self.nodeSelector) && self.nodeSelector.size() > 0)",
     ),
-    "suite name is a short DNS label": ("", "self.metadata.name.size() <= 40"),
+    "suite name is a DNS label": ("", "self.metadata.name.size() <= 63"),
     "batch sweep is not oversize": (
         "spec.scenarios.batchSweep",
         "self.batchSizes.size() * (self.requests + self.warmup) <=",

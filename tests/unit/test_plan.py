@@ -44,6 +44,9 @@ def test_bench_config_carries_the_suite_scenarios_and_seed() -> None:
     assert config.single is not None and config.single.requests == 100
     assert config.batch_sweep is not None and config.batch_sweep.batch_sizes == [1, 4, 8]
     assert config.seed == MOCK.spec.model.seed
+    # The suite's readySeconds is how long the load generator waits for a backend (external
+    # ones above all: nothing else waits for them).
+    assert config.ready_timeout_s == MOCK.spec.timeouts.ready_seconds
 
 
 def test_every_scenario_of_the_suite_reaches_the_load_generator() -> None:

@@ -339,3 +339,40 @@ def test_pytorch_serving_options_are_accepted() -> None:
     assert (pytorch.input_format.value, pytorch.cuda_graphs, pytorch.instances_per_gpu) == (
         "uint8", True, 2,
     )  # fmt: skip
+
+
+def test_every_problem_is_reported_in_one_pass(tmp_path: Path) -> None:
+    """A schema problem (no model source) does not hide the rules across fields."""
+    document = good_suite()
+    del document["spec"]["model"]["source"]
+    document["spec"]["backends"][1]["name"] = document["spec"]["backends"][0]["name"]
+    document["spec"]["backends"][0]["executionProvider"] = "cuda"
+    document["spec"]["parity"]["reference"] = "nope"
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(validation.SuiteInvalid) as caught:
+        validation.load_suite(path)
+    paths = [p.path for p in caught.value.problems]
+    assert paths[0] == "spec.model.source"
+    assert "spec.backends[1].name" in paths
+    assert "spec.backends[0].executionProvider" in paths
+    assert "spec.parity.reference" in paths
+    assert len(paths) == len(set(paths))  # nothing twice
+
+
+def test_a_value_the_schema_refuses_is_not_reported_again_by_the_cross_checks() -> None:
+    document = good_suite()
+    document["spec"]["backends"][0]["maxBatchSize"] = -1  # refused by the schema
+    with pytest.raises(validation.SuiteInvalid) as caught:
+        validation.parse_suite(document)
+    paths = [p.path for p in caught.value.problems]
+    assert paths.count("spec.backends[0].maxBatchSize") == 1
+
+
+def test_suite_names_of_63_characters_are_accepted_and_64_refused() -> None:
+    document = good_suite()
+    document["metadata"]["name"] = "s" * 63
+    assert validation.parse_suite(document).metadata.name == "s" * 63
+    document["metadata"]["name"] = "s" * 64
+    with pytest.raises(validation.SuiteInvalid, match="1 problem"):
+        validation.parse_suite(document)
