@@ -59,12 +59,13 @@ def unstable(result: ScenarioResult) -> Flag | None:
     if steady is None or steady.stable:
         return None
     kept = sum(w.accepted for w in steady.windows)
+    drifted = f"; drifting: {steady.drift}" if steady.drift else ""
     return Flag(
         code=FlagCode.UNSTABLE,
         severity="warning",
         message=f"throughput and p50 did not settle in {len(steady.windows)} windows: the "
         f"reported last {kept} spread {steady.throughput_spread:.0%} in throughput and "
-        f"{steady.p50_spread:.0%} in p50 (tolerance {steady.tolerance:.0%}); "
+        f"{steady.p50_spread:.0%} in p50 (tolerance {steady.tolerance:.0%}){drifted}; "
         "expect different numbers on another run",
     )
 

@@ -122,6 +122,10 @@ class SteadyStateResult(StrictModel):
         description="(max - min) / mean of requests/s over the accepted windows"
     )
     p50_spread: float = Field(description="(max - min) / mean of p50 over the accepted windows")
+    drift: str = Field(
+        default="",
+        description="What moved one way across the windows, e.g. 'p50 +18% over 10 windows'",
+    )
 
 
 class OpenLoopResult(StrictModel):

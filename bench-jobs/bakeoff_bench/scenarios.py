@@ -223,6 +223,11 @@ def _steady_result(
         windows=windows,
         throughput_spread=steady.spread([w.requests_per_s for w in kept]),
         p50_spread=steady.spread([w.p50_ms for w in kept]),
+        drift=steady.drifting(
+            [steady.WindowStats(w.requests_per_s, w.p50_ms) for w in windows],
+            spec.consecutive,
+            spec.tolerance,
+        ),
     )
 
 
