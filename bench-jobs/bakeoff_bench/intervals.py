@@ -190,13 +190,13 @@ def throughput_interval(scenario: ScenarioResult, confidence: float) -> Interval
             interval = spread_interval(per_window, confidence)
             if interval is not None:
                 # The windows' mean is not quite the scenario's rate: centre on the latter.
-                mean = sum(per_window) / len(per_window)
-                return interval.scaled(rate / mean) if mean > 0 else None
+                average = sum(per_window) / len(per_window)
+                return interval.scaled(rate / average) if average > 0 else None
     latency = scenario.latency
-    mean = mean_interval(latency.histogram, latency.mean_ms, confidence)
-    if mean is None or latency.mean_ms <= 0:
+    around_mean = mean_interval(latency.histogram, latency.mean_ms, confidence)
+    if around_mean is None or latency.mean_ms <= 0:
         return None
-    relative = mean.relative_half_width(latency.mean_ms)
+    relative = around_mean.relative_half_width(latency.mean_ms)
     if relative >= 1:
         return Interval(0.0, math.inf)
     return Interval(rate / (1 + relative), rate / (1 - relative))

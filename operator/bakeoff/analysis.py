@@ -1,20 +1,29 @@
-"""From cell results to a verdict: parity, cost, winners per category, recommendations.
+"""From cell results to a verdict: parity, cost, intervals, winners per category, ties,
+recommendations.
 
 Pure functions over `CellResult`s; the local runner, the operator and the report all call
-`analyze`. A cell that failed, or whose outputs disagree with the reference backend, never
-wins a category: its numbers are shown, marked, and excluded.
+`analyze`. A cell that failed, whose outputs disagree with the reference backend, or whose
+numbers carry an error or did not settle (unstable), never wins a category: its numbers are
+shown, marked, and excluded. Every headline number carries an interval at the suite's
+confidence (`bakeoff_bench.intervals`); a category names a winner only when the leader's
+interval clears the runner-up's and the gap is at least `spec.verdict.minEffect`, and reads
+"no clear winner (within noise)" otherwise, naming the tied backends.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pydantic import Field
 
 from bakeoff import api
+from bakeoff_bench import intervals
 from bakeoff_bench.models import StrictModel
-from bakeoff_bench.results import CellResult, Flag, ScenarioResult
+from bakeoff_bench.results import CellResult, Flag, FlagCode, ScenarioResult
+
+Range = tuple[float, float]
 
 
 class ParityCheck(StrictModel):
@@ -35,17 +44,26 @@ class VerdictRow(StrictModel):
     server: str = ""
     runtime: str = ""
     single_p50_ms: float | None = None
+    single_p50_interval_ms: Range | None = Field(default=None, description="At `confidence`")
     single_p99_ms: float | None = None
+    single_p99_interval_ms: Range | None = None
+    single_mean_ms: float | None = Field(
+        default=None, description="The client's mean: compare it with the server's means"
+    )
+    single_mean_interval_ms: Range | None = None
     single_samples: int | None = None
     single_low_sample: list[str] = Field(default_factory=list)
     server_compute_ms: float | None = None
     server_queue_ms: float | None = None
     best_inferences_per_s: float | None = None
+    best_inferences_per_s_interval: Range | None = None
+    best_samples: int | None = Field(default=None, description="Requests behind that rate")
     best_batch_size: int | None = None
     best_batch_p50_ms: float | None = None
     memory_bytes: int | None = None
     memory_kind: str | None = None
     cost_per_1k: float | None = None
+    cost_per_1k_interval: Range | None = None
     cost_per_hour: float = 0.0
     max_rate_rps: float | None = Field(
         default=None, description="Highest open-loop rate whose p99 met the SLO"
@@ -67,6 +85,9 @@ class Verdict(StrictModel):
     suite: str
     rows: list[VerdictRow]
     winners: dict[str, api.Winner]
+    ties: dict[str, api.Tie] = Field(default_factory=dict)
+    confidence: float = 0.95
+    min_effect: float = 0.05
     recommendations: list[str]
     parity: list[ParityCheck]
     notes: list[str] = Field(default_factory=list)
@@ -74,6 +95,8 @@ class Verdict(StrictModel):
     def summary(self) -> api.Summary:
         return api.Summary(
             winners=self.winners,
+            ties=self.ties,
+            confidence=self.confidence,
             recommendations=self.recommendations,
             cost_per_1k={
                 f"{r.backend}/{r.pool}": round(r.cost_per_1k, 6)
@@ -161,24 +184,42 @@ def best_throughput(result: CellResult) -> ScenarioResult | None:
     return max(candidates, key=lambda s: s.inferences_per_s, default=None)
 
 
+def _range(interval: intervals.Interval | None) -> Range | None:
+    return (interval.low, interval.high) if interval is not None else None
+
+
 def _row(
-    result: CellResult, pool: api.NodePool, parity: ParityCheck | None, is_reference: bool
+    result: CellResult,
+    pool: api.NodePool,
+    parity: ParityCheck | None,
+    is_reference: bool,
+    confidence: float,
 ) -> VerdictRow:
     single = result.single if result.single is not None and answered(result.single) else None
     best = best_throughput(result)
     single_server = single.server if single is not None else None
     flags = cell_flags(result)
     errors = [f for f in flags if f.severity == "error"]
+    unsettled = [f for f in flags if f.code is FlagCode.UNSTABLE]
     silent = not any(answered(s) for s in result.scenario_results())
-    ok = (parity is None or parity.passed) and not errors and not silent
+    ok = (parity is None or parity.passed) and not errors and not silent and not unsettled
     if silent:
         status = "failed: no request succeeded in any scenario"
     elif parity is not None and not parity.passed:
         status = f"parity failed: {parity.message}"
     elif errors:
         status = f"not usable: {errors[0].code.value}: {errors[0].message}"
+    elif unsettled:
+        status = f"unstable: {unsettled[0].message}"
     else:
         status = "ok"
+    latency = single.latency if single is not None else None
+    histogram = latency.histogram if latency is not None else None
+    throughput = intervals.throughput_interval(best, confidence) if best is not None else None
+    cost = cost_per_1k(pool.cost_per_hour, best.inferences_per_s) if best else None
+    cost_range = None
+    if throughput is not None and cost is not None:
+        cost_range = throughput.inverted(pool.cost_per_hour / 3.6)
     firsts = result.cold_start.first_request_ms if result.cold_start else {}
     max_rate = result.max_rate
     return VerdictRow(
@@ -188,18 +229,27 @@ def _row(
         status=status,
         server=f"{result.server.name} {result.server.version}".strip(),
         runtime=result.server.runtime,
-        single_p50_ms=single.latency.p50_ms if single else None,
-        single_p99_ms=single.latency.p99_ms if single else None,
+        single_p50_ms=latency.p50_ms if latency else None,
+        single_p50_interval_ms=_range(intervals.quantile_interval(histogram, 0.5, confidence)),
+        single_p99_ms=latency.p99_ms if latency else None,
+        single_p99_interval_ms=_range(intervals.quantile_interval(histogram, 0.99, confidence)),
+        single_mean_ms=latency.mean_ms if latency else None,
+        single_mean_interval_ms=_range(
+            intervals.mean_interval(histogram, latency.mean_ms, confidence) if latency else None
+        ),
         single_samples=single.latency.count if single else None,
         single_low_sample=list(single.latency.low_sample_percentiles) if single else [],
         server_compute_ms=single_server.compute_ms if single_server else None,
         server_queue_ms=single_server.queue_ms if single_server else None,
         best_inferences_per_s=best.inferences_per_s if best else None,
+        best_inferences_per_s_interval=_range(throughput),
+        best_samples=best.latency.count if best else None,
         best_batch_size=best.batch_size if best else None,
         best_batch_p50_ms=best.latency.p50_ms if best else None,
         memory_bytes=result.memory_bytes,
         memory_kind=result.memory_kind,
-        cost_per_1k=cost_per_1k(pool.cost_per_hour, best.inferences_per_s) if best else None,
+        cost_per_1k=cost,
+        cost_per_1k_interval=_range(cost_range),
         cost_per_hour=pool.cost_per_hour,
         max_rate_rps=max_rate.requests_per_s if max_rate else None,
         slo_p99_ms=max_rate.slo_p99_ms if max_rate else None,
@@ -210,19 +260,122 @@ def _row(
     )
 
 
-def _winner(
-    rows: Sequence[VerdictRow], attr: str, unit: str, basis: str, lowest: bool
-) -> api.Winner | None:
-    eligible = [r for r in rows if r.ok and getattr(r, attr) is not None]
+@dataclass(frozen=True)
+class Category:
+    """A way to win: the row attribute, its interval's, which end is better, the samples."""
+
+    name: str
+    attr: str
+    unit: str
+    basis: str
+    lowest: bool
+    interval: str | None = None
+    samples: str | None = None
+
+
+CATEGORIES = (
+    Category("latency", "single_p50_ms", "ms", "single-image p50 of {row.single_samples} requests",
+             lowest=True, interval="single_p50_interval_ms", samples="single_samples"),
+    Category("throughput", "best_inferences_per_s", "inferences/s",
+             "closed loop at batch {row.best_batch_size}", lowest=False,
+             interval="best_inferences_per_s_interval", samples="best_samples"),
+    Category("cost", "cost_per_1k", "per 1000 inferences",
+             "{row.cost_per_hour}/h at {row.best_inferences_per_s:.1f} inferences/s, "
+             "batch {row.best_batch_size}", lowest=True, interval="cost_per_1k_interval",
+             samples="best_samples"),
+    Category("memory", "memory_bytes", "bytes", "{row.memory_kind} at the end of the run",
+             lowest=True),
+    Category("max-rate", "max_rate_rps", "requests/s",
+             "open loop, p99 within {row.slo_p99_ms} ms", lowest=False),
+)  # fmt: skip
+
+
+def _value(row: VerdictRow, category: Category) -> float:
+    return float(getattr(row, category.attr))
+
+
+def _interval(row: VerdictRow, category: Category) -> Range | None:
+    found: Range | None = getattr(row, category.interval) if category.interval else None
+    return found
+
+
+def _gap(leader: VerdictRow, other: VerdictRow, category: Category) -> float:
+    """How much worse `other` is than the leader, relative to the leader."""
+    a, b = _value(leader, category), _value(other, category)
+    return abs(b - a) / abs(a) if a else math.inf
+
+
+def _separated(
+    leader: VerdictRow, other: VerdictRow, category: Category, min_effect: float
+) -> bool:
+    if _gap(leader, other, category) < min_effect:
+        return False
+    a, b = _interval(leader, category), _interval(other, category)
+    return a is None or b is None or not (a[0] <= b[1] and b[0] <= a[1])
+
+
+def decide_category(
+    rows: Sequence[VerdictRow], category: Category, rules: api.VerdictRules
+) -> api.Winner | api.Tie | None:
+    """The winner of a category among eligible rows, a tie when the evidence does not
+    separate the leaders, or None when no row has the number."""
+    eligible = [r for r in rows if r.ok and getattr(r, category.attr) is not None]
     if not eligible:
         return None
-    pick = (min if lowest else max)(eligible, key=lambda r: float(getattr(r, attr)))
-    return api.Winner(
-        backend=pick.backend,
-        pool=pick.pool,
-        value=float(getattr(pick, attr)),
-        unit=unit,
-        basis=basis.format(row=pick),
+    ordered = sorted(eligible, key=lambda r: _value(r, category), reverse=not category.lowest)
+    leader = ordered[0]
+    tied = [r for r in ordered[1:] if not _separated(leader, r, category, rules.min_effect)]
+    interval = _interval(leader, category)
+    if not tied:
+        return api.Winner(
+            backend=leader.backend,
+            pool=leader.pool,
+            value=_value(leader, category),
+            unit=category.unit,
+            basis=category.basis.format(row=leader),
+            low=interval[0] if interval else None,
+            high=interval[1] if interval else None,
+        )
+    return _tie(leader, tied, category, rules)
+
+
+def _describe(row: VerdictRow, category: Category) -> str:
+    value = _value(row, category)
+    text = f"{row.backend}/{row.pool} {value:.4g} {category.unit}"
+    interval = _interval(row, category)
+    if interval is not None:
+        text += f" [{interval[0]:.4g}, {interval[1]:.4g}]"
+    return text
+
+
+def _tie(
+    leader: VerdictRow, tied: Sequence[VerdictRow], category: Category, rules: api.VerdictRules
+) -> api.Tie:
+    closest = tied[0]
+    gap = _gap(leader, closest, category)
+    shown = " vs ".join(_describe(r, category) for r in (leader, *tied))
+    needed = None
+    if gap < rules.min_effect:
+        why = (
+            f"the difference, {gap:.1%}, is below minEffect {rules.min_effect:.0%}: more "
+            "samples would not make it matter"
+        )
+    else:
+        count = getattr(leader, category.samples) if category.samples else None
+        widths = [
+            (iv[1] - iv[0]) / 2 / _value(r, category)
+            for r in (leader, closest)
+            if (iv := _interval(r, category)) is not None and _value(r, category)
+        ]
+        if count and widths:
+            needed = intervals.samples_to_separate(int(count), max(widths), gap)
+        why = f"their {rules.confidence:.0%} intervals overlap at a {gap:.1%} difference"
+        if needed is not None:
+            why += f"; about {needed:,} samples each would settle it"
+    return api.Tie(
+        candidates=[f"{r.backend}/{r.pool}" for r in (leader, *tied)],
+        message=f"no clear winner (within noise): {shown}; {why}",
+        samples_needed=needed,
     )
 
 
@@ -253,7 +406,7 @@ def analyze(
                 parity = check_parity(reference, result, spec.parity.min_cosine)
                 parity_checks.append(parity)
         is_reference = result.backend == reference_name
-        rows.append(_row(result, pools[result.pool], parity, is_reference))
+        rows.append(_row(result, pools[result.pool], parity, is_reference, spec.verdict.confidence))
     for backend, pool, reason in failures:
         # The table shows the first line; the whole reason is in the outcome and the log.
         first_line = reason.strip().splitlines()[0] if reason.strip() else "no reason given"
@@ -267,70 +420,58 @@ def analyze(
             )
         )
     winners: dict[str, api.Winner] = {}
-    for category, attr, unit, basis, lowest in (
-        (
-            "latency",
-            "single_p50_ms",
-            "ms",
-            "single-image p50 of {row.single_samples} requests",
-            True,
-        ),
-        (
-            "throughput",
-            "best_inferences_per_s",
-            "inferences/s",
-            "closed loop at batch {row.best_batch_size}",
-            False,
-        ),
-        (
-            "cost",
-            "cost_per_1k",
-            "per 1000 inferences",
-            "{row.cost_per_hour}/h at {row.best_inferences_per_s:.1f} inferences/s, "
-            "batch {row.best_batch_size}",
-            True,
-        ),
-        ("memory", "memory_bytes", "bytes", "{row.memory_kind} at the end of the run", True),
-        (
-            "max-rate",
-            "max_rate_rps",
-            "requests/s",
-            "open loop, p99 within {row.slo_p99_ms} ms",
-            False,
-        ),
-    ):
-        winner = _winner(rows, attr, unit, basis, lowest)
-        if winner is not None:
-            winners[category] = winner
+    ties: dict[str, api.Tie] = {}
+    for category in CATEGORIES:
+        decided = decide_category(rows, category, spec.verdict)
+        if isinstance(decided, api.Winner):
+            winners[category.name] = decided
+        elif isinstance(decided, api.Tie):
+            ties[category.name] = decided
     return Verdict(
         suite=suite.metadata.name,
         rows=rows,
         winners=winners,
-        recommendations=recommend(rows, spec.node_pools),
+        ties=ties,
+        confidence=spec.verdict.confidence,
+        min_effect=spec.verdict.min_effect,
+        recommendations=recommend(rows, spec.node_pools, spec.verdict),
         parity=parity_checks,
         notes=notes,
     )
 
 
-def recommend(rows: Sequence[VerdictRow], pools: Sequence[api.NodePool]) -> list[str]:
-    """One sentence per pool: the backend to use for latency, and for throughput per cost."""
+def recommend(
+    rows: Sequence[VerdictRow], pools: Sequence[api.NodePool], rules: api.VerdictRules
+) -> list[str]:
+    """One sentence per pool: the backend to use for latency, and for throughput per cost,
+    by the same rule as the winners (a tie is said to be one)."""
+    latency, cost = CATEGORIES[0], CATEGORIES[2]
     sentences = []
     for pool in pools:
         eligible = [r for r in rows if r.pool == pool.name and r.ok]
         if not eligible:
             sentences.append(f"{pool.name}: no backend produced trustworthy results")
             continue
-        fastest = _winner(eligible, "single_p50_ms", "ms", "", lowest=True)
-        cheapest = _winner(eligible, "cost_per_1k", "", "", lowest=True)
         parts = []
-        if fastest is not None:
+        fastest = decide_category(eligible, latency, rules)
+        if isinstance(fastest, api.Winner):
             parts.append(f"lowest latency: {fastest.backend} (p50 {fastest.value:.2f} ms)")
-        if cheapest is not None:
+        elif isinstance(fastest, api.Tie):
+            parts.append(f"lowest latency: no clear winner between {_names(fastest)}")
+        cheapest = decide_category(eligible, cost, rules)
+        if isinstance(cheapest, api.Winner):
             row = next(r for r in eligible if r.backend == cheapest.backend)
             parts.append(
                 f"cheapest at scale: {cheapest.backend} ({cheapest.value:.4f} per 1000 "
                 f"inferences at batch {row.best_batch_size}, "
                 f"{row.best_inferences_per_s or 0:.1f} inferences/s)"
             )
+        elif isinstance(cheapest, api.Tie):
+            parts.append(f"cheapest at scale: no clear winner between {_names(cheapest)}")
         sentences.append(f"{pool.name}: " + "; ".join(parts))
     return sentences
+
+
+def _names(tie: api.Tie) -> str:
+    names = [c.split("/")[0] for c in tie.candidates]
+    return ", ".join(names[:-1]) + f" and {names[-1]} (within noise)"

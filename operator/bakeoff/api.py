@@ -247,6 +247,24 @@ class Parity(StrictModel):
     min_cosine: float = Field(default=0.999, gt=0, le=1)
 
 
+class VerdictRules(StrictModel):
+    """How sure a verdict must be before it names a winner."""
+
+    confidence: float = Field(
+        default=0.95,
+        ge=0.5,
+        le=0.999,
+        description="Confidence level of every interval (p50, p99, mean, throughput, cost)",
+    )
+    min_effect: float = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="Smallest relative difference that names a winner: below it, or with "
+        "overlapping intervals, a category reads 'no clear winner (within noise)'",
+    )
+
+
 class Cleanup(StrictModel):
     policy: CleanupPolicy = CleanupPolicy.ON_SUCCESS
 
@@ -269,6 +287,7 @@ class BenchmarkSuiteSpec(StrictModel):
     node_pools: list[NodePool] = Field(min_length=1, max_length=16)
     scenarios: Scenarios = Field(default_factory=Scenarios)
     parity: Parity = Field(default_factory=Parity)
+    verdict: VerdictRules = Field(default_factory=VerdictRules)
     cleanup: Cleanup = Field(default_factory=Cleanup)
     timeouts: Timeouts = Field(default_factory=Timeouts)
 
@@ -335,10 +354,26 @@ class Winner(StrictModel):
     value: float
     unit: str
     basis: str = Field(description="How the value was measured, e.g. 'p50 of 200 requests'")
+    low: float | None = Field(default=None, description="The value's interval, lower end")
+    high: float | None = Field(default=None, description="The value's interval, upper end")
+
+
+class Tie(StrictModel):
+    """A category whose leaders the evidence does not separate."""
+
+    candidates: list[str] = Field(description="'backend/pool' of the leaders, best first")
+    message: str = Field(description="Why it is a tie, and what would settle it")
+    samples_needed: int | None = Field(
+        default=None, description="About how many samples each would separate the leaders"
+    )
 
 
 class Summary(StrictModel):
     winners: dict[str, Winner] = Field(default_factory=dict)
+    ties: dict[str, Tie] = Field(
+        default_factory=dict, description="Categories with no clear winner (within noise)"
+    )
+    confidence: float | None = Field(default=None, description="Of every interval here")
     recommendations: list[str] = Field(default_factory=list)
     cost_per_1k: dict[str, float] = Field(
         default_factory=dict,

@@ -427,6 +427,8 @@ def plan_suite(
             summary = verdict.summary()
             latency = verdict.winners.get("latency")
             winner = f"{latency.backend}/{latency.pool}" if latency else ""
+            if "latency" in verdict.ties:
+                winner = "no clear winner"
             phase = api.SuitePhase.FAILED if failed else api.SuitePhase.SUCCEEDED
             out.events.append(_final_event(phase, verdict, failed))
     conditions = _conditions(previous.conditions, statuses, summary, now, generation, suite)
@@ -470,6 +472,8 @@ def _final_event(
 ) -> Event:
     latency = verdict.winners.get("latency")
     won = f"latency winner {latency.backend}/{latency.pool}" if latency else "no winner"
+    if "latency" in verdict.ties:
+        won = f"latency: no clear winner between {', '.join(verdict.ties['latency'].candidates)}"
     if phase is api.SuitePhase.SUCCEEDED:
         return Event("Normal", "Succeeded", f"all cells measured; {won}")
     names = ", ".join(f"{s.backend}/{s.pool}" for s in failed)

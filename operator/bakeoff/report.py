@@ -32,15 +32,28 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:.0f} MiB"
 
 
+def _with_interval(
+    value: float | None, interval: tuple[float, float] | None, fmt: str = ".2f"
+) -> str:
+    """'10.10 [9.46, 10.55]': the value and its interval at the verdict's confidence."""
+    if value is None:
+        return "-"
+    if interval is None:
+        return format(value, fmt)
+    return f"{value:{fmt}} [{interval[0]:{fmt}}, {interval[1]:{fmt}}]"
+
+
 def table_rows(verdict: Verdict) -> tuple[list[str], list[list[str]]]:
+    level = f"{verdict.confidence:.0%}"
     header = [
         "backend",
         "pool",
-        "p50 ms",
-        "p99 ms (n)",
+        f"p50 ms [{level}]",
+        f"p99 ms [{level}] (n)",
+        "mean ms",
         "server compute ms",
         "queue ms",
-        "best img/s (batch)",
+        f"best img/s (batch) [{level}]",
         "memory",
         "cost/1k",
         "parity",
@@ -51,16 +64,22 @@ def table_rows(verdict: Verdict) -> tuple[list[str], list[list[str]]]:
         p99 = "-"
         if r.single_p99_ms is not None:
             flag = "!" if "p99" in r.single_low_sample else ""
-            p99 = f"{r.single_p99_ms:.2f}{flag} ({r.single_samples})"
+            p99 = f"{_with_interval(r.single_p99_ms, r.single_p99_interval_ms)}{flag} "
+            p99 += f"({r.single_samples})"
         best = "-"
         if r.best_inferences_per_s is not None:
             best = f"{r.best_inferences_per_s:.1f} (b{r.best_batch_size})"
+            if r.best_inferences_per_s_interval is not None:
+                low, high = r.best_inferences_per_s_interval
+                best += f" [{low:.1f}, {high:.1f}]"
         rows.append(
             [
                 r.backend,
                 r.pool,
-                _num(r.single_p50_ms),
+                _with_interval(r.single_p50_ms, r.single_p50_interval_ms),
                 p99,
+                # The client's mean beside the server's means: like with like.
+                _num(r.single_mean_ms),
                 _num(r.server_compute_ms),
                 _num(r.server_queue_ms),
                 best,
@@ -87,7 +106,11 @@ def render_table(verdict: Verdict) -> str:
 
 
 def render_winners(verdict: Verdict) -> list[str]:
-    lines = ["Winners:"]
+    level = f"{verdict.confidence:.0%}"
+    lines = [
+        f"Winners ({level} intervals; a lead under {verdict.min_effect:.0%} or within noise is "
+        "no win):"
+    ]
     for category, winner in verdict.winners.items():
         title = CATEGORY_TITLES.get(category, category)
         value = (
@@ -95,8 +118,12 @@ def render_winners(verdict: Verdict) -> list[str]:
             if winner.unit == "bytes"
             else f"{winner.value:.4g} {winner.unit}"
         )
+        if winner.low is not None and winner.high is not None:
+            value += f" [{winner.low:.4g}, {winner.high:.4g}]"
         lines.append(f"  {title}: {winner.backend} on {winner.pool}, {value} ({winner.basis})")
-    if not verdict.winners:
+    for category, tie in verdict.ties.items():
+        lines.append(f"  {CATEGORY_TITLES.get(category, category)}: {tie.message}")
+    if not verdict.winners and not verdict.ties:
         lines.append("  none: no backend produced trustworthy results")
     lines.append("Recommendations:")
     lines += [f"  {sentence}" for sentence in verdict.recommendations]

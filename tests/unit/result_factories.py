@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import numpy as np
+
+from bakeoff_bench import stats
 from bakeoff_bench.results import (
     CellResult,
     Environment,
@@ -16,7 +19,14 @@ from bakeoff_bench.results import (
 )
 
 
-def latency(p50: float, count: int = 200) -> LatencyStats:
+def latency(p50: float, count: int = 200, spread: float | None = None) -> LatencyStats:
+    """Stats around `p50`; with `spread`, from `count` lognormal samples of that sigma (seeded
+    by the arguments), histogram included, so that intervals can be computed."""
+    if spread is not None:
+        seed = int(p50 * 1000) + count
+        rng = np.random.default_rng(seed)
+        samples_s = p50 / 1000 * np.exp(spread * rng.standard_normal(count))
+        return stats.summarize_latencies(samples_s)
     return LatencyStats(
         count=count,
         mean_ms=p50 * 1.05,
@@ -30,7 +40,12 @@ def latency(p50: float, count: int = 200) -> LatencyStats:
 
 
 def scenario(
-    kind: str, batch: int, p50: float, images_per_s: float, count: int = 200
+    kind: str,
+    batch: int,
+    p50: float,
+    images_per_s: float,
+    count: int = 200,
+    spread: float | None = None,
 ) -> ScenarioResult:
     return ScenarioResult(
         scenario=kind,  # type: ignore[arg-type]
@@ -40,7 +55,7 @@ def scenario(
         duration_s=count / images_per_s * batch,
         requests_per_s=images_per_s / batch,
         inferences_per_s=images_per_s,
-        latency=latency(p50, count),
+        latency=latency(p50, count, spread),
         flags=[
             Flag(
                 code=FlagCode.LOW_SAMPLES,
@@ -71,6 +86,7 @@ def cell(
     parity: list[list[float]] | None = None,
     memory: int = 500 * 2**20,
     single_count: int = 200,
+    spread: float | None = None,
 ) -> CellResult:
     now = datetime(2026, 11, 26, tzinfo=UTC)
     return CellResult(
@@ -82,8 +98,11 @@ def cell(
         server=ServerInfo(name="triton", version="2.51.0", runtime="onnxruntime cpu"),
         environment=Environment(hostname="h", client_cpu="cpu", client_cores=2, python="3.11"),
         seed=0,
-        single=scenario("single", 1, p50, 1000 / p50, single_count),
-        batch_sweep=[scenario("batch", 1, p50, 1000 / p50), scenario("batch", 8, p50 * 4, best)],
+        single=scenario("single", 1, p50, 1000 / p50, single_count, spread),
+        batch_sweep=[
+            scenario("batch", 1, p50, 1000 / p50, spread=spread),
+            scenario("batch", 8, p50 * 4, best, spread=spread),
+        ],
         parity_outputs=parity if parity is not None else [[0.6, 0.8], [1.0, 0.0]],
         memory_bytes=memory,
         memory_kind="host-rss",

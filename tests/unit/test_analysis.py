@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from result_factories import cell
 
-from bakeoff import analysis, validation
+from bakeoff import analysis, api, validation
+from bakeoff_bench.results import CellResult, Flag, FlagCode
 
 SUITE = validation.load_suite(Path(__file__).parents[2] / "examples" / "cpu-mock.yaml")
 
@@ -83,3 +84,63 @@ def test_a_result_without_one_successful_request_shows_no_numbers_and_cannot_win
     assert row.single_p50_ms is None and row.best_inferences_per_s is None
     assert row.cost_per_1k is None
     assert {w.backend for w in verdict.winners.values()} == {"triton-onnx-cpu"}
+
+
+def noisy(backend: str, p50: float, count: int = 200, spread: float = 0.3) -> CellResult:
+    return cell(backend, "cpu-mock", p50=p50, best=8000 / p50, single_count=count, spread=spread)
+
+
+def test_a_3_percent_difference_under_noise_is_a_tie() -> None:
+    verdict = analysis.analyze(SUITE, [noisy("pytorch", 10.0), noisy("triton-onnx-cpu", 10.3)])
+    assert "latency" not in verdict.winners
+    tie = verdict.ties["latency"]
+    assert tie.candidates == ["pytorch/cpu-mock", "triton-onnx-cpu/cpu-mock"]
+    assert tie.message.startswith("no clear winner (within noise): pytorch/cpu-mock ")
+    assert " ms [" in tie.message and " vs triton-onnx-cpu/cpu-mock " in tie.message
+    assert any("no clear winner between pytorch and triton-onnx-cpu" in r
+               for r in verdict.recommendations)  # fmt: skip
+
+
+def test_overlapping_intervals_are_a_tie_that_says_how_many_samples_would_settle_it() -> None:
+    verdict = analysis.analyze(SUITE, [noisy("pytorch", 10.0), noisy("triton-onnx-cpu", 10.8)])
+    tie = verdict.ties["latency"]
+    assert "95% intervals overlap" in tie.message
+    assert tie.samples_needed is not None and tie.samples_needed > 200
+    assert f"about {tie.samples_needed:,} samples each would settle it" in tie.message
+
+
+def test_a_30_percent_difference_is_a_win_with_its_interval() -> None:
+    verdict = analysis.analyze(SUITE, [noisy("pytorch", 10.0), noisy("triton-onnx-cpu", 13.0)])
+    winner = verdict.winners["latency"]
+    assert winner.backend == "pytorch"
+    assert winner.low is not None and winner.high is not None
+    assert winner.low <= winner.value <= winner.high
+    row = next(r for r in verdict.rows if r.backend == "pytorch")
+    assert row.single_p50_interval_ms == (winner.low, winner.high)
+    assert row.single_p99_interval_ms is not None and row.single_mean_interval_ms is not None
+    assert row.best_inferences_per_s_interval is not None and row.cost_per_1k_interval is not None
+    assert "latency" not in verdict.ties
+
+
+def test_a_separated_difference_below_the_minimum_effect_is_still_a_tie() -> None:
+    results = [noisy("pytorch", 10.0, 20_000, 0.01), noisy("triton-onnx-cpu", 10.2, 20_000, 0.01)]
+    verdict = analysis.analyze(SUITE, results)
+    assert "is below minEffect 5%" in verdict.ties["latency"].message
+    stricter = SUITE.model_copy(
+        update={
+            "spec": SUITE.spec.model_copy(update={"verdict": api.VerdictRules(min_effect=0.01)})
+        }
+    )
+    assert analysis.analyze(stricter, results).winners["latency"].backend == "pytorch"
+
+
+def test_an_unstable_result_cannot_win() -> None:
+    drifting = noisy("pytorch", 5.0)
+    assert drifting.single is not None
+    drifting.single.flags.append(
+        Flag(code=FlagCode.UNSTABLE, severity="warning", message="p50 +18% over 10 windows")
+    )
+    verdict = analysis.analyze(SUITE, [drifting, noisy("triton-onnx-cpu", 10.0)])
+    assert verdict.winners["latency"].backend == "triton-onnx-cpu"
+    row = next(r for r in verdict.rows if r.backend == "pytorch")
+    assert row.ok is False and row.status.startswith("unstable: ")

@@ -13,9 +13,7 @@ from bakeoff_bench.intervals import Interval
 TRIALS = 400
 
 
-def coverage(
-    draw: np.random.Generator, sample: int, q: float, truth_ms: float, kind: str
-) -> float:
+def coverage(draw: np.random.Generator, sample: int, q: float, truth_ms: float, kind: str) -> float:
     hits = 0
     for _ in range(TRIALS):
         values_s = draw.lognormal(mean=math.log(0.010), sigma=0.5, size=sample)

@@ -56,7 +56,11 @@ def result(backend: str, pool: str, ok: bool = True) -> ResultObservation:
     name = naming.result_name(*names(backend, pool))
     if not ok:
         return ResultObservation(name, None, "Expecting value: line 1 column 1 (char 0)")
-    return ResultObservation(name, result_for(backend, pool))
+    # Clearly apart (the verdict names winners only where the numbers separate).
+    p50 = {"pytorch": 10.0, "triton-onnx-cuda": 20.0, "triton-onnx-trt": 30.0}.get(backend, 10.0)
+    p50 *= 1.5 if pool == "a100" else 1.0
+    found = result_for(backend, pool, p50=p50, best=2000 / p50, memory=int(p50 * 2**20))
+    return ResultObservation(name, found)
 
 
 def status_with(*cells: tuple[str, str, api.CellPhase], phase: api.SuitePhase) -> api.SuiteStatus:
