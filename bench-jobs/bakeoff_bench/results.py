@@ -56,6 +56,14 @@ class ServerTimes(StrictModel):
     def compute_ms(self) -> float:
         return self.compute_input_ms + self.compute_infer_ms + self.compute_output_ms
 
+    @property
+    def executed_batch(self) -> float | None:
+        """Images per model execution: the batches the server really ran. A dynamic batcher
+        merges requests, and how much depends on how they arrive (a closed loop and
+        perf_analyzer form different batches at the same concurrency): compare like with
+        like."""
+        return self.inferences / self.executions if self.executions > 0 else None
+
 
 class FlagCode(StrEnum):
     """Why a number should not be taken at face value (computed by `flags`)."""

@@ -156,13 +156,16 @@ def _scenario_row(result: CellResult, s: ScenarioResult) -> list[str]:
         result.backend, result.pool, str(s.batch_size), str(s.concurrency),
         f"{s.requests} (+{s.failed} failed)" if s.failed else str(s.requests),
         f"{s.inferences_per_s:.1f}{flag}", f"{s.latency.p50_ms:.2f}", f"{s.latency.p99_ms:.2f}",
+        f"{s.latency.mean_ms:.2f}",
         _num(s.server.queue_ms if s.server else None),
         _num(s.server.compute_ms if s.server else None),
+        _num(s.server.executed_batch if s.server else None, ".1f"),
     ]  # fmt: skip
 
 
 SCENARIO_HEADER = ["backend", "pool", "batch", "in flight", "requests", "img/s", "p50 ms",
-                   "p99 ms", "server queue ms", "server compute ms"]  # fmt: skip
+                   "p99 ms", "mean ms", "server queue ms", "server compute ms",
+                   "executed batch"]  # fmt: skip
 
 
 def sweep_rows(results: Sequence[CellResult]) -> Table:

@@ -67,3 +67,25 @@ def test_reference_backend_is_marked_in_the_parity_column() -> None:
     parity = header.index("parity")
     by_backend = {row[0]: row[parity] for row in rows}
     assert by_backend == {"pytorch": "reference", "triton-onnx-cpu": "1.00000"}
+
+
+def test_the_report_shows_the_executed_batch_and_the_client_mean_beside_the_servers() -> None:
+    verdict, results = verdict_and_results()
+    markdown = report.render_markdown(verdict, results, [])
+    assert "| mean ms | server queue ms | server compute ms | executed batch |" in markdown
+    # The factories' server ran each request as one execution of its batch.
+    assert "| 8 | 1 |" in markdown and "| 8.0 |" in markdown
+
+
+def test_intervals_and_ties_reach_the_table() -> None:
+    results = [
+        cell("pytorch", "cpu-mock", p50=10.0, best=800.0, spread=0.3),
+        cell("triton-onnx-cpu", "cpu-mock", p50=10.2, best=790.0, spread=0.3),
+    ]
+    verdict = analysis.analyze(SUITE, results)
+    text = report.render_table(verdict)
+    assert "p50 ms [95%]" in text
+    row = next(r for r in verdict.rows if r.backend == "pytorch")
+    assert row.single_p50_interval_ms is not None
+    assert f"[{row.single_p50_interval_ms[0]:.2f}, {row.single_p50_interval_ms[1]:.2f}]" in text
+    assert "Single-image latency (p50): no clear winner (within noise): " in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
 import sys
 import types
 from collections.abc import Iterator
@@ -152,6 +153,10 @@ def test_invalid_settings_are_refused_with_the_bad_values(
 def test_repository_layout_holds_config_model_py_and_the_onnx_file(tmp_path: Path) -> None:
     onnx = tmp_path / "export.onnx"
     onnx.write_bytes(b"not really onnx, but bytes to carry")
+    # The record onnx_export writes beside an export: results say what model was served.
+    onnx.with_suffix(".json").write_text(
+        json.dumps({"provenance": "vit-tiny-clip, seeded random init (seed=7)", "opset": 17})
+    )
     model_dir = triton_repo.write_python_backend_repository(
         tmp_path / "repo",
         "clip-tiny",
@@ -172,6 +177,9 @@ def test_repository_layout_holds_config_model_py_and_the_onnx_file(tmp_path: Pat
     config = parse((model_dir / "config.pbtxt").read_text())
     assert config.name == "clip-tiny"  # Triton requires it to match the directory
     assert config.parameters["execution_provider"].string_value == "cuda"
+    assert config.parameters["model_provenance"].string_value == (
+        "vit-tiny-clip, seeded random init (seed=7), exported to ONNX opset 17"
+    )
 
 
 def test_rewriting_a_repository_replaces_its_files(tmp_path: Path) -> None:

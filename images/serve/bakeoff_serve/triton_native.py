@@ -117,6 +117,7 @@ def build_onnxruntime_config(
     trt_workspace_bytes: int = DEFAULT_TRT_WORKSPACE_BYTES,
     trt_cache_dir: str,
     onnx_filename: str = triton_repo.ONNX_FILENAME,
+    model_provenance: str = "",
 ) -> str:
     """config.pbtxt text for `platform: "onnxruntime_onnx"` on GPUs. Pure.
 
@@ -209,6 +210,7 @@ def build_onnxruntime_config(
                     "runtime": runtime_description(execution_provider, precision),
                     "execution_provider": execution_provider,
                     "precision": precision,
+                    **({"model_provenance": model_provenance} if model_provenance else {}),
                 }
             )
         ),
@@ -273,6 +275,7 @@ def write_native_repository(
         embed_dim=embed_dim,
         trt_workspace_bytes=trt_workspace_bytes,
         trt_cache_dir=str(cache_dir.absolute()),
+        model_provenance=triton_repo.export_provenance(onnx_path),
     )
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX model {onnx_path} does not exist; export it first")

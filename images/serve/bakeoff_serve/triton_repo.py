@@ -14,6 +14,7 @@ serves (it has no native ONNX Runtime backend):
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -131,6 +132,7 @@ def build_python_backend_config(
     warmup_batch_sizes: Sequence[int] | None = None,
     intra_op_threads: int | None = None,
     onnx_filename: str = ONNX_FILENAME,
+    model_provenance: str = "",
 ) -> str:
     """config.pbtxt text for the Python-backend ONNX Runtime model. Pure.
 
@@ -168,6 +170,8 @@ def build_python_backend_config(
     }
     if intra_op_threads is not None:
         parameters["intra_op_threads"] = str(intra_op_threads)
+    if model_provenance:
+        parameters["model_provenance"] = model_provenance
     # KIND_CPU even for GPU providers: the instance is a CPU process (the stub); ONNX
     # Runtime inside it owns the GPU, chosen by device_id.
     instance_group = f"instance_group [ {{ kind: KIND_CPU count: {instance_count} }} ]"
@@ -225,6 +229,11 @@ def build_pytorch_backend_config(
         "weights": str(weights or ""),
         "precision": precision,
         "python_path": os.pathsep.join(python_path),
+        "model_provenance": (
+            f"{builtin}, weights {weights}"
+            if weights
+            else f"{builtin}, seeded random init (seed={seed}); no pretrained weights"
+        ),
     }
     instance_group = f"instance_group [ {{ kind: KIND_GPU count: 1 gpus: {_dims(gpus)} }} ]"
     return _python_backend_config_text(
@@ -309,6 +318,18 @@ def _python_backend_config_text(
     return "\n".join(lines) + "\n"
 
 
+def export_provenance(onnx_path: Path) -> str:
+    """What the exported model is, from the record `onnx_export` writes beside the file
+    (e.g. "vit-b32-clip, seeded random init (seed=0); ..., ONNX opset 17"); "" without one."""
+    try:
+        record = json.loads(onnx_path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return ""
+    provenance = str(record.get("provenance", ""))
+    opset = record.get("opset")
+    return f"{provenance}, exported to ONNX opset {opset}" if provenance and opset else provenance
+
+
 def _place_file(source: Path, target: Path) -> None:
     """Hard-link when possible (a ViT-B/32 export is ~350 MB), else copy; replace atomically."""
     tmp = target.with_name(f".{target.name}.tmp")
@@ -360,6 +381,7 @@ def write_python_backend_repository(
         precision=precision,
         warmup_batch_sizes=warmup_batch_sizes,
         intra_op_threads=intra_op_threads,
+        model_provenance=export_provenance(onnx_path),
     )
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX model {onnx_path} does not exist; export it first")
