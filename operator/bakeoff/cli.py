@@ -1,7 +1,9 @@
-"""The `bakeoff` command: validate a suite, run it locally, re-render a report.
+"""The `bakeoff` command: validate a suite, run it locally, re-render a report, compare two
+runs.
 
 Exit codes: 0 success, 1 the run finished but some cell failed, 2 bad input (the suite or the
-arguments), 130 interrupted. Errors are one readable message, never a traceback.
+arguments), 3 `compare` found a regression past its threshold, 130 interrupted. Errors are
+one readable message, never a traceback.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from bakeoff import __version__, analysis, api, plan, report, validation
+from bakeoff import __version__, analysis, api, compare, plan, report, validation
 from bakeoff_bench.results import CellResult
 
 if TYPE_CHECKING:
     pass
 
 EXIT_OK, EXIT_CELL_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_REGRESSION = 3
 
 
 def _eprint(message: str) -> None:
@@ -59,6 +62,48 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{len(cells)} cell(s)"
     )
     return EXIT_OK
+
+
+def _read_cells(folder: Path) -> list[CellResult] | None:
+    files = sorted((folder / "cells").glob("*.json"))
+    if not files:
+        _eprint(f"{folder}/cells has no results: give a results folder such as results/cpu-mock")
+        return None
+    try:
+        return [CellResult.model_validate_json(p.read_text()) for p in files]
+    except ValueError as error:
+        _eprint(f"{folder}: a result does not read as one: {str(error).splitlines()[0]}")
+        return None
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    old, new = _read_cells(Path(args.old)), _read_cells(Path(args.new))
+    if old is None or new is None:
+        return EXIT_BAD_INPUT
+    changes = compare.compare_results(
+        old, new, threshold=args.threshold, confidence=args.confidence
+    )
+    if not changes:
+        _eprint(f"{args.old} and {args.new} have no cell in common (backend and pool)")
+        return EXIT_BAD_INPUT
+    print(
+        f"{args.old} -> {args.new}: changes of at least {args.threshold:.0%} beyond the "
+        f"{args.confidence:.0%} intervals"
+    )
+    for change in changes:
+        print(f"  {change.line()}")
+    regressions = [c for c in changes if c.regression]
+    if regressions:
+        _eprint(f"{len(regressions)} regression(s) past {args.threshold:.0%}")
+        return EXIT_REGRESSION
+    return EXIT_OK
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction in [0, 1), e.g. 0.05")
+    return value
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -207,6 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("--context", help="with --cluster: kubeconfig context")
     p_report.add_argument("--out", default="results", help="with --cluster: results folder")
     p_report.set_defaults(func=cmd_report)
+    p_compare = sub.add_parser(
+        "compare",
+        help="compare two runs cell by cell: faster, slower or no change (exit 3 on a regression)",
+    )
+    p_compare.add_argument("old", help="results folder of the earlier run (results/cpu-mock)")
+    p_compare.add_argument("new", help="results folder of the later run")
+    p_compare.add_argument(
+        "--threshold", type=_fraction, default=0.05,
+        help="smallest relative change that counts (default 0.05)",
+    )  # fmt: skip
+    p_compare.add_argument(
+        "--confidence", type=_fraction, default=0.95, help="of the intervals (default 0.95)"
+    )
+    p_compare.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -14,7 +14,9 @@ ways DESIGN §2 says a bake-off goes wrong, one at a time:
 - `output_transform`: applied to the embedding (wrong outputs for the parity gate);
 - `fail_every`: every n-th infer call answers HTTP 400;
 - `count_late_s`: the metrics count a request this long after it was answered (Triton
-  updates its counters after sending the response).
+  updates its counters after sending the response);
+- `precise`: sleep the compute time in a thread (asyncio's timers round up to milliseconds,
+  too coarse for latencies a few percent apart).
 
 Metrics: per successful request the counters grow by `US_PER_REQUEST` plus the queue and
 compute delays above (configured values, so tests can assert exact server times).
@@ -61,6 +63,7 @@ class FakeOipServer:
     output_transform: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float32]] | None = None
     record_bodies: bool = True
     count_late_s: float = 0.0  # metrics count a request this long after answering it
+    precise: bool = False  # sleep the compute time in a thread: exact, not whole milliseconds
     # What happened: read by the tests.
     infer_calls: int = 0
     success: int = 0
@@ -137,7 +140,10 @@ class FakeOipServer:
             compute = self.delay_s(self.infer_calls, batch) if self.delay_s else 0.0
             if first:
                 compute += self.first_request_delay_s.get(batch, 0.0)
-            if compute:
+            if compute and self.precise:
+                # asyncio's timers round up to whole milliseconds; a thread sleeps exactly.
+                await asyncio.get_running_loop().run_in_executor(None, time.sleep, compute)
+            elif compute:
                 await asyncio.sleep(compute)
         finally:
             if self._slots is not None:
