@@ -11,8 +11,10 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from bakeoff.analysis import Verdict, VerdictRow
+from bakeoff.analysis import Range, Verdict, VerdictRow
+from bakeoff_bench import intervals
 from bakeoff_bench.results import CellResult, ScenarioResult
 
 CATEGORY_TITLES = {
@@ -312,7 +314,11 @@ def _html_table(table: Table) -> str:
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table[1]
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    # Wide tables scroll inside their box; the page keeps a laptop's width.
+    return (
+        f"<div class='scroll'><table><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table></div>"
+    )
 
 
 def render_html(verdict: Verdict, results: Sequence[CellResult], plot_files: Sequence[Path]) -> str:
@@ -336,15 +342,57 @@ def render_html(verdict: Verdict, results: Sequence[CellResult], plot_files: Seq
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>Bake-off report: {html.escape(verdict.suite)}</title><style>"
-        "body{font-family:sans-serif;margin:2em;max-width:1200px}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-        "padding:4px 8px;text-align:right}th{background:#f3f3f3}img{max-width:100%}"
+        "body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;"
+        "padding:0 1em;line-height:1.4}"
+        ".scroll{overflow-x:auto}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}"
+        "th{background:#f3f3f3;position:sticky;top:0}td:first-child,th:first-child"
+        "{text-align:left}img{max-width:100%;height:auto}figure{margin:1em 0}"
+        "li{margin:.2em 0}"
         "</style></head><body>" + "".join(body) + "</body></html>\n"
     )
 
 
+def _error_bars(values: Sequence[float], ranges: Sequence[Range | None]) -> list[list[float]]:
+    """matplotlib's yerr (distances below and above) from intervals; 0 where none."""
+    below = [v - r[0] if r else 0.0 for v, r in zip(values, ranges, strict=True)]
+    above = [r[1] - v if r else 0.0 for v, r in zip(values, ranges, strict=True)]
+    return [[max(0.0, b) for b in below], [max(0.0, a) for a in above]]
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (lower is better on
+    both), ordered by the first. Pure: the cost-vs-p99 plot marks them."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (ox <= x and oy <= y) and (ox < x or oy < y)
+            for j, (ox, oy) in enumerate(points)
+            if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i])
+
+
+def time_breakdown(result: CellResult) -> dict[str, float] | None:
+    """Where a single-image request's mean time goes, in ms: client and network (the client's
+    mean less the server's request time), queue, compute, and the server's own rest."""
+    single = result.single
+    if single is None or single.server is None or single.latency.count == 0:
+        return None
+    server = single.server
+    rest = max(0.0, server.request_ms - server.queue_ms - server.compute_ms)
+    return {
+        "client and network": max(0.0, single.latency.mean_ms - server.request_ms),
+        "server queue": server.queue_ms,
+        "server compute": server.compute_ms,
+        "server other": rest,
+    }
+
+
 def draw_plots(
-    results: Sequence[CellResult], rows: Sequence[VerdictRow], out_dir: Path
+    results: Sequence[CellResult], rows: Sequence[VerdictRow], out_dir: Path, confidence: float
 ) -> list[Path]:
     import matplotlib
 
@@ -353,53 +401,156 @@ def draw_plots(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    labelled = [r for r in results if r.single is not None]
-    if labelled:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        width = 0.8 / max(len(labelled), 1)
-        names = ["mean", "p50", "p95", "p99"]
-        for i, result in enumerate(labelled):
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        paths.append(out_dir / name)
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+
+    level = f"{confidence:.0%}"
+    singles = [r for r in results if r.single is not None and r.single.latency.count > 0]
+    by_cell = {(r.backend, r.pool): r for r in rows}
+    if singles:
+        # Percentile distribution, HdrHistogram style: the tail spread out on a log axis.
+        with_histograms = [
+            r for r in singles if r.single is not None and r.single.latency.histogram is not None
+        ]
+        if with_histograms:
+            fig, ax = plt.subplots(figsize=(9, 4.2))
+            for result in with_histograms:
+                assert result.single is not None and result.single.latency.histogram is not None
+                quantiles, values = percentile_curve(result.single.latency.histogram)
+                ax.plot(
+                    [1 / (1 - q) for q in quantiles],
+                    values,
+                    label=f"{result.backend}/{result.pool} (n={result.single.latency.count})",
+                )
+            ticks = [0.5, 0.9, 0.99, 0.999, 0.9999]
+            ax.set_xscale("log")
+            ax.set_xticks([1 / (1 - q) for q in ticks], ["50%", "90%", "99%", "99.9%", "99.99%"])
+            ax.set(
+                xlabel="percentile",
+                ylabel="latency ms",
+                title="Single-image latency by percentile (log scale: the tail spread out)",
+            )
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+            save(fig, "latency-distribution.png")
+
+        # Mean, p50, p99 with their intervals.
+        fig, ax = plt.subplots(figsize=(9, 4.2))
+        width = 0.8 / len(singles)
+        for i, result in enumerate(singles):
             assert result.single is not None
             lat = result.single.latency
-            values = [lat.mean_ms, lat.p50_ms, lat.p95_ms, lat.p99_ms]
-            ax.bar(
-                [x + i * width for x in range(4)],
-                values,
-                width,
-                label=f"{result.backend}/{result.pool} (n={lat.count})",
+            row = by_cell.get((result.backend, result.pool))
+            values = [lat.mean_ms, lat.p50_ms, lat.p99_ms]
+            ranges = [row.single_mean_interval_ms, row.single_p50_interval_ms,
+                      row.single_p99_interval_ms] if row else [None] * 3  # fmt: skip
+            ax.bar([x + i * width for x in range(3)], values, width,
+                   yerr=_error_bars(values, ranges), capsize=3,
+                   label=f"{result.backend}/{result.pool} (n={lat.count})")  # fmt: skip
+        ax.set_xticks(
+            [x + width * (len(singles) - 1) / 2 for x in range(3)], ["mean", "p50", "p99"]
+        )
+        ax.set(ylabel="ms", title=f"Single-image latency ({level} intervals)")
+        ax.legend(fontsize=8)
+        save(fig, "latency-percentiles.png")
+
+        # Where a request's time goes.
+        parts = [(r, b) for r in singles if (b := time_breakdown(r)) is not None]
+        if parts:
+            fig, ax = plt.subplots(figsize=(9, 0.6 * len(parts) + 1.6))
+            names = [f"{r.backend}/{r.pool}" for r, _ in parts]
+            left = [0.0] * len(parts)
+            for key in ("client and network", "server queue", "server compute", "server other"):
+                widths = [b[key] for _, b in parts]
+                ax.barh(names, widths, left=left, label=key)
+                left = [a + w for a, w in zip(left, widths, strict=True)]
+            ax.set(xlabel="ms per single-image request (means)", title="Where the time goes")
+            ax.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.35))
+            save(fig, "time-breakdown.png")
+
+    priced = [r for r in rows if r.cost_per_1k is not None and r.single_p99_ms is not None]
+    if priced:
+        fig, ax = plt.subplots(figsize=(9, 4.2))
+        points = [(float(r.single_p99_ms or 0), float(r.cost_per_1k or 0)) for r in priced]
+        for row, (x, y) in zip(priced, points, strict=True):
+            xerr = _error_bars([x], [row.single_p99_interval_ms])
+            yerr = _error_bars([y], [row.cost_per_1k_interval])
+            ax.errorbar(
+                [x],
+                [y],
+                xerr=xerr,
+                yerr=yerr,
+                fmt="o",
+                capsize=3,
+                label=f"{row.backend}/{row.pool}{'' if row.ok else ' (excluded)'}",
             )
-        ax.set_xticks([x + width * (len(labelled) - 1) / 2 for x in range(4)], names)
-        ax.set_ylabel("ms")
-        ax.set_title("Single-image latency")
-        ax.legend()
-        fig.tight_layout()
-        paths.append(out_dir / "latency-percentiles.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    swept = [r for r in results if r.batch_sweep]
+        front = pareto_front(points)
+        ax.plot(
+            [points[i][0] for i in front],
+            [points[i][1] for i in front],
+            "k--",
+            alpha=0.5,
+            label="Pareto front (nothing cheaper and faster)",
+        )
+        ax.set(
+            xlabel=f"single-image p99 ms ({level} interval)",
+            ylabel="cost per 1000 inferences",
+            title="Cost against tail latency",
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        save(fig, "cost-vs-p99.png")
+
+    swept = [r for r in results if any(s.latency.count > 0 for s in r.batch_sweep)]
     if swept:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        fig, (left_ax, right_ax) = plt.subplots(1, 2, figsize=(11, 4))
         for result in swept:
-            sizes = [s.batch_size for s in result.batch_sweep]
+            points_ = [s for s in result.batch_sweep if s.latency.count > 0]
+            sizes = [s.batch_size for s in points_]
             label = f"{result.backend}/{result.pool}"
-            left.plot(sizes, [s.inferences_per_s for s in result.batch_sweep], "o-", label=label)
-            right.plot(sizes, [s.latency.p50_ms for s in result.batch_sweep], "o-", label=label)
-        left.set(xlabel="batch size", ylabel="inferences/s", title="Throughput vs batch size")
-        right.set(xlabel="batch size", ylabel="p50 ms per request", title="Latency vs batch size")
-        for axis in (left, right):
+            rates = [s.inferences_per_s for s in points_]
+            rate_ranges = [_range(intervals.throughput_interval(s, confidence)) for s in points_]
+            p50s = [s.latency.p50_ms for s in points_]
+            p50_ranges = [_range(intervals.quantile_interval(s.latency.histogram, 0.5, confidence))
+                          for s in points_]  # fmt: skip
+            left_ax.errorbar(sizes, rates, yerr=_error_bars(rates, rate_ranges), fmt="o-",
+                             capsize=3, label=label)  # fmt: skip
+            right_ax.errorbar(sizes, p50s, yerr=_error_bars(p50s, p50_ranges), fmt="o-",
+                              capsize=3, label=label)  # fmt: skip
+        left_ax.set(xlabel="batch size", ylabel="inferences/s", title="Throughput vs batch size")
+        right_ax.set(xlabel="batch size", ylabel="p50 ms per request",
+                     title="Latency vs batch size")  # fmt: skip
+        for axis in (left_ax, right_ax):
             axis.set_xscale("log", base=2)
             axis.grid(alpha=0.3)
-            axis.legend()
-        fig.tight_layout()
-        paths.append(out_dir / "batch-sweep.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+            axis.legend(fontsize=8)
+        save(fig, "batch-sweep.png")
     return paths
+
+
+def percentile_curve(histogram: Any) -> tuple[list[float], list[float]]:
+    """(quantile, latency ms) at each bucket's upper edge: the percentile distribution."""
+    total = sum(histogram.counts.values())
+    seen, quantiles, values = 0, [], []
+    for index, count in sorted(histogram.counts.items()):
+        seen += count
+        q = min(seen / total, 1 - 0.5 / total)  # the last point stays finite on a log axis
+        quantiles.append(q)
+        values.append(float(histogram.base ** (index + 1)) / 1000.0)
+    return quantiles, values
+
+
+def _range(found: intervals.Interval | None) -> Range | None:
+    return (found.low, found.high) if found is not None else None
 
 
 def write_report(verdict: Verdict, results: Sequence[CellResult], suite_dir: Path) -> list[Path]:
     """Write summary.json, report.md, report.html and plots/ under `suite_dir`."""
-    plots = draw_plots(results, verdict.rows, suite_dir / "plots")
+    plots = draw_plots(results, verdict.rows, suite_dir / "plots", verdict.confidence)
     relative = [str(p.relative_to(suite_dir)) for p in plots]
     (suite_dir / "summary.json").write_text(verdict.model_dump_json(by_alias=True, indent=2))
     (suite_dir / "report.md").write_text(render_markdown(verdict, results, relative))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from result_factories import cell
 
 from bakeoff import analysis, report, validation
@@ -39,7 +40,8 @@ def test_write_report_produces_markdown_html_and_plots(tmp_path: Path) -> None:
     verdict, results = verdict_and_results()
     paths = report.write_report(verdict, results, tmp_path)
     names = {p.name for p in paths}
-    assert names == {"report.md", "report.html", "latency-percentiles.png", "batch-sweep.png"}
+    assert names == {"report.md", "report.html", "latency-percentiles.png", "batch-sweep.png",
+                     "time-breakdown.png", "cost-vs-p99.png"}  # fmt: skip
     for png in tmp_path.glob("plots/*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (tmp_path / "report.md").read_text()
@@ -57,7 +59,7 @@ def test_write_report_produces_markdown_html_and_plots(tmp_path: Path) -> None:
         assert f"## {title}" in markdown, title
         assert f"<h2>{title}</h2>" in (tmp_path / "report.html").read_text(), title
     html = (tmp_path / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2
+    assert html.count("data:image/png;base64,") == 4
     assert (tmp_path / "summary.json").exists()
 
 
@@ -89,3 +91,26 @@ def test_intervals_and_ties_reach_the_table() -> None:
     assert row.single_p50_interval_ms is not None
     assert f"[{row.single_p50_interval_ms[0]:.2f}, {row.single_p50_interval_ms[1]:.2f}]" in text
     assert "Single-image latency (p50): no clear winner (within noise): " in text
+
+
+def test_with_histograms_the_report_draws_the_percentile_distribution(tmp_path: Path) -> None:
+    results = [
+        cell("pytorch", "cpu-mock", p50=20.0, best=100.0, spread=0.3),
+        cell("triton-onnx-cpu", "cpu-mock", p50=15.0, best=80.0, spread=0.3),
+    ]
+    paths = report.write_report(analysis.analyze(SUITE, results), results, tmp_path)
+    assert "latency-distribution.png" in {p.name for p in paths}
+
+
+def test_the_pareto_front_holds_the_points_nothing_beats_on_both() -> None:
+    # (p99, cost): b is faster and cheaper than d; a is cheapest, c fastest.
+    points = [(30.0, 0.001), (20.0, 0.002), (10.0, 0.005), (25.0, 0.003)]
+    assert report.pareto_front(points) == [2, 1, 0]
+
+
+def test_time_breakdown_adds_up_to_the_clients_mean() -> None:
+    result = cell("pytorch", "cpu-mock", p50=20.0)
+    parts = report.time_breakdown(result)
+    assert parts is not None and result.single is not None
+    assert sum(parts.values()) == pytest.approx(result.single.latency.mean_ms)
+    assert parts["server queue"] == pytest.approx(0.05)
