@@ -276,6 +276,16 @@ class Environment(StrictModel):
     )
 
 
+class RunSummary(StrictModel):
+    """One run of a cell that was measured several times (scenarios.repeats)."""
+
+    index: int = Field(description="1-based, in the order run (interleaved with other cells)")
+    single_p50_ms: float | None = None
+    single_p99_ms: float | None = None
+    single_mean_ms: float | None = None
+    best_inferences_per_s: float | None = None
+
+
 class CellResult(StrictModel):
     api_version: Literal["bakeoff.dev/v1alpha1"] = "bakeoff.dev/v1alpha1"
     suite: str
@@ -299,6 +309,11 @@ class CellResult(StrictModel):
     concurrency_sweep: list[ScenarioResult] = Field(default_factory=list)
     rate: list[ScenarioResult] = Field(default_factory=list)
     max_rate: MaxRateResult | None = None
+    repeats: list[RunSummary] = Field(
+        default_factory=list,
+        description="Every run when the cell was measured several times; the rest of the "
+        "result is its median run's (by single-image p50)",
+    )
     flags: list[Flag] = Field(
         default_factory=list, description="Cell-wide flags; each scenario carries its own"
     )

@@ -21,7 +21,7 @@ from pydantic import Field
 from bakeoff import api
 from bakeoff_bench import intervals
 from bakeoff_bench.models import StrictModel
-from bakeoff_bench.results import CellResult, Flag, FlagCode, ScenarioResult
+from bakeoff_bench.results import CellResult, Flag, FlagCode, RunSummary, ScenarioResult
 
 Range = tuple[float, float]
 
@@ -188,6 +188,57 @@ def _range(interval: intervals.Interval | None) -> Range | None:
     return (interval.low, interval.high) if interval is not None else None
 
 
+def run_summary(result: CellResult, index: int) -> RunSummary:
+    single = result.single if result.single is not None and answered(result.single) else None
+    best = best_throughput(result)
+    return RunSummary(
+        index=index,
+        single_p50_ms=single.latency.p50_ms if single else None,
+        single_p99_ms=single.latency.p99_ms if single else None,
+        single_mean_ms=single.latency.mean_ms if single else None,
+        best_inferences_per_s=best.inferences_per_s if best else None,
+    )
+
+
+def combine_repeats(runs: Sequence[CellResult]) -> CellResult:
+    """Several runs of one cell as one result: the median run (by single-image p50, else by
+    throughput) with every run's headline numbers in `repeats`, whose spread the verdict's
+    intervals then include."""
+    if not runs:
+        raise ValueError("no runs to combine")
+    summaries = [run_summary(run, i) for i, run in enumerate(runs, start=1)]
+
+    def key(pair: tuple[CellResult, RunSummary]) -> float:
+        summary = pair[1]
+        if summary.single_p50_ms is not None:
+            return summary.single_p50_ms
+        return -(summary.best_inferences_per_s or 0.0)
+
+    ordered = sorted(zip(runs, summaries, strict=True), key=key)
+    median = ordered[(len(ordered) - 1) // 2][0]
+    note = (
+        f"median of {len(runs)} interleaved runs (scenarios.repeats); the intervals include "
+        "their spread"
+    )
+    return median.model_copy(update={"repeats": summaries, "notes": [*median.notes, note]})
+
+
+def _widened(
+    interval: intervals.Interval | None,
+    values: Sequence[float | None],
+    confidence: float,
+) -> intervals.Interval | None:
+    """The within-run interval, widened to cover the between-run spread of repeated runs
+    (Student's t over the runs' values) where there are at least two."""
+    known = [v for v in values if v is not None]
+    between = intervals.spread_interval(known, confidence) if len(known) >= 2 else None
+    if between is None:
+        return interval
+    if interval is None:
+        return between
+    return intervals.Interval(min(interval.low, between.low), max(interval.high, between.high))
+
+
 def _row(
     result: CellResult,
     pool: api.NodePool,
@@ -215,7 +266,27 @@ def _row(
         status = "ok"
     latency = single.latency if single is not None else None
     histogram = latency.histogram if latency is not None else None
-    throughput = intervals.throughput_interval(best, confidence) if best is not None else None
+    runs = result.repeats
+    throughput = _widened(
+        intervals.throughput_interval(best, confidence) if best is not None else None,
+        [r.best_inferences_per_s for r in runs],
+        confidence,
+    )
+    p50 = _widened(
+        intervals.quantile_interval(histogram, 0.5, confidence),
+        [r.single_p50_ms for r in runs],
+        confidence,
+    )
+    p99 = _widened(
+        intervals.quantile_interval(histogram, 0.99, confidence),
+        [r.single_p99_ms for r in runs],
+        confidence,
+    )
+    mean = _widened(
+        intervals.mean_interval(histogram, latency.mean_ms, confidence) if latency else None,
+        [r.single_mean_ms for r in runs],
+        confidence,
+    )
     cost = cost_per_1k(pool.cost_per_hour, best.inferences_per_s) if best else None
     cost_range = None
     if throughput is not None and cost is not None:
@@ -230,13 +301,11 @@ def _row(
         server=f"{result.server.name} {result.server.version}".strip(),
         runtime=result.server.runtime,
         single_p50_ms=latency.p50_ms if latency else None,
-        single_p50_interval_ms=_range(intervals.quantile_interval(histogram, 0.5, confidence)),
+        single_p50_interval_ms=_range(p50),
         single_p99_ms=latency.p99_ms if latency else None,
-        single_p99_interval_ms=_range(intervals.quantile_interval(histogram, 0.99, confidence)),
+        single_p99_interval_ms=_range(p99),
         single_mean_ms=latency.mean_ms if latency else None,
-        single_mean_interval_ms=_range(
-            intervals.mean_interval(histogram, latency.mean_ms, confidence) if latency else None
-        ),
+        single_mean_interval_ms=_range(mean),
         single_samples=single.latency.count if single else None,
         single_low_sample=list(single.latency.low_sample_percentiles) if single else [],
         server_compute_ms=single_server.compute_ms if single_server else None,

@@ -238,6 +238,13 @@ class Scenarios(StrictModel):
         default=None, description="Window-based measurement for every closed-loop scenario"
     )
     workers: int = Field(default=1, ge=1, le=64, description="Client processes for rate runs")
+    repeats: int = Field(
+        default=1,
+        ge=1,
+        le=20,
+        description="Run every cell this many times, interleaved (A, B, A, B...), each with a "
+        "fresh server; the between-run spread widens every interval (bakeoff run --local)",
+    )
 
 
 class Parity(StrictModel):

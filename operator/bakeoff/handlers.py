@@ -89,6 +89,9 @@ def _reconcile_suite(body: kopf.Body, logger: kopf.Logger) -> None:
         generation = document["metadata"]["generation"]
         try:
             suite = validation.parse_suite(document, f"BenchmarkSuite {namespace}/{name}")
+            unsupported = validation.cluster_problems(suite)
+            if unsupported:
+                raise validation.SuiteInvalid(f"BenchmarkSuite {namespace}/{name}", unsupported)
         except validation.SuiteInvalid as invalid:
             problems = [
                 p.render().replace("\n    hint:", " (hint:") + (")" if p.hint else "")

@@ -21,7 +21,7 @@ from typing import Literal
 
 import psutil
 
-from bakeoff import api, plan
+from bakeoff import analysis, api, plan
 from bakeoff_bench import client as bench_client
 from bakeoff_bench import config as bench_config
 from bakeoff_bench import runner as bench_runner
@@ -237,10 +237,13 @@ def run_cell(
     device: str,
     options: LocalOptions,
     progress: Progress,
+    run: int | None = None,
 ) -> CellOutcome:
+    """Measure one cell; `run` numbers one of several repeats (its files get the number)."""
     suite_dir = options.out_dir / suite.metadata.name
+    stem = cell.key if run is None else f"{cell.key}.run{run}"
     work_dir = suite_dir / "work" / cell.key
-    log_path = suite_dir / "logs" / f"{cell.key}.log"
+    log_path = suite_dir / "logs" / f"{stem}.log"
     outcome = CellOutcome(
         backend=cell.backend.name,
         pool=cell.pool.name,
@@ -257,7 +260,7 @@ def run_cell(
         outcome.phase = api.CellPhase.FAILED
         outcome.message = str(error)
         return outcome
-    result_path = suite_dir / "cells" / f"{cell.key}.json"
+    result_path = suite_dir / ("cells" if run is None else "runs") / f"{stem}.json"
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(result.model_dump_json(by_alias=True, indent=2))
     outcome.phase = api.CellPhase.SUCCEEDED
@@ -279,22 +282,52 @@ def run_local(
     cells = [c for c in plan.plan_cells(suite.spec) if c.pool.name == pool.name]
     suite_dir = options.out_dir / suite.metadata.name
     suite_dir.mkdir(parents=True, exist_ok=True)
+    repeats = suite.spec.scenarios.repeats
     outcomes: list[CellOutcome] = []
-    for index, cell in enumerate(cells, start=1):
-        prefix = f"[{index}/{len(cells)}] {cell.backend.name} on {pool.name} ({device})"
+    # Repeats interleave (A, B, A, B...): a slow drift of the machine spreads over every cell
+    # instead of landing on whichever ran last.
+    runs: dict[str, list[CellOutcome]] = {cell.key: [] for cell in cells}
+    for round_ in range(1, repeats + 1):
+        for index, cell in enumerate(cells, start=1):
+            if any(o.phase is api.CellPhase.FAILED for o in runs[cell.key]):
+                continue  # failed once: its other runs would not count
+            prefix = f"[{index}/{len(cells)}] {cell.backend.name} on {pool.name} ({device})"
+            if repeats > 1:
+                prefix = f"[run {round_}/{repeats}] {prefix}"
 
-        def cell_progress(message: str, prefix: str = prefix) -> None:
-            progress(f"{prefix}: {message}")
+            def cell_progress(message: str, prefix: str = prefix) -> None:
+                progress(f"{prefix}: {message}")
 
-        cell_progress("preparing")
-        outcome = run_cell(suite, cell, device, options, cell_progress)
-        if outcome.phase is api.CellPhase.FAILED:
-            cell_progress(f"FAILED: {outcome.message.splitlines()[0]}")
-        else:
-            cell_progress("done")
-        outcomes.append(outcome)
+            cell_progress("preparing")
+            run = round_ if repeats > 1 else None
+            outcome = run_cell(suite, cell, device, options, cell_progress, run)
+            if outcome.phase is api.CellPhase.FAILED:
+                cell_progress(f"FAILED: {outcome.message.splitlines()[0]}")
+            else:
+                cell_progress("done")
+            runs[cell.key].append(outcome)
+            if repeats == 1:
+                outcomes.append(outcome)
+                _write_outcomes(suite_dir, outcomes)
+    if repeats > 1:
+        outcomes = [_combine_runs(suite_dir, cell, runs[cell.key]) for cell in cells]
         _write_outcomes(suite_dir, outcomes)
     return outcomes
+
+
+def _combine_runs(suite_dir: Path, cell: plan.Cell, runs: list[CellOutcome]) -> CellOutcome:
+    """One outcome for a cell's repeated runs: failed if any failed, else the combined
+    result written where a single run's would be."""
+    failed = next((o for o in runs if o.phase is api.CellPhase.FAILED), None)
+    if failed is not None:
+        failed.message = f"run {runs.index(failed) + 1} of the repeats: {failed.message}"
+        return failed
+    results = load_results(runs)
+    combined = analysis.combine_repeats(results)
+    path = suite_dir / "cells" / f"{cell.key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(combined.model_dump_json(by_alias=True, indent=2))
+    return runs[0].model_copy(update={"result_file": str(path), "log_file": runs[0].log_file})
 
 
 def _write_outcomes(suite_dir: Path, outcomes: list[CellOutcome]) -> None:

@@ -446,6 +446,21 @@ def _required_at(loc: tuple[str | int, ...]) -> bool:
     return field is not None and field.is_required()
 
 
+def cluster_problems(suite: api.BenchmarkSuite) -> list[Problem]:
+    """What a valid suite asks of a cluster that the operator does not do yet."""
+    if suite.spec.scenarios.repeats > 1:
+        return [
+            Problem(
+                "spec.scenarios.repeats",
+                "repeats run interleaved in `bakeoff run --local` only; the operator measures "
+                "each cell once",
+                "set repeats: 1 in the cluster (apply the suite again for another run and "
+                "`bakeoff compare` the two), or run the suite locally",
+            )
+        ]
+    return []
+
+
 def parse_suite(document: Any, source: str = "suite") -> api.BenchmarkSuite:
     """Validate a decoded document; raise SuiteInvalid listing every problem."""
     if not isinstance(document, dict):

@@ -187,3 +187,29 @@ def test_slow_drift_is_flagged_with_the_readmes_windows_and_cannot_win(
     assert row["ok"] is False and row["status"].startswith("unstable: ")
     stable = json.loads((out / "cells" / "steady-local.json").read_text())
     assert stable["single"]["steadyState"]["stable"] is True
+
+
+def test_repeats_run_interleaved_and_their_spread_widens_the_intervals(
+    serve: Callable[..., FakeOipServer], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    servers = {"a": serve(delay_s=noisy(0.004, seed=1)), "b": serve(delay_s=noisy(0.012, seed=2))}
+    scenarios = {"single": {"requests": 60, "warmup": 5}, "repeats": 3}
+    code, out, _ = run(tmp_path, suite("repeats", servers, scenarios))
+    assert code == 0
+    order = [
+        line.split("] ", 2)[1:] for line in capsys.readouterr().err.splitlines()
+        if "[run " in line and line.endswith(": preparing")
+    ]  # fmt: skip
+    assert [o[0].split("/")[0] + " " + o[1].split()[1] for o in order] == [
+        "[run 1 a",
+        "[run 1 b",
+        "[run 2 a",
+        "[run 2 b",
+        "[run 3 a",
+        "[run 3 b",
+    ]
+    for backend in ("a", "b"):
+        result = json.loads((out / "cells" / f"{backend}-local.json").read_text())
+        assert [r["index"] for r in result["repeats"]] == [1, 2, 3]
+        assert sorted((out / "runs").glob(f"{backend}-local.run*.json"))
+    assert summary(out)["winners"]["latency"]["backend"] == "a"

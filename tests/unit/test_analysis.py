@@ -144,3 +144,28 @@ def test_an_unstable_result_cannot_win() -> None:
     assert verdict.winners["latency"].backend == "triton-onnx-cpu"
     row = next(r for r in verdict.rows if r.backend == "pytorch")
     assert row.ok is False and row.status.startswith("unstable: ")
+
+
+def test_repeated_runs_combine_into_the_median_run_and_widen_the_intervals() -> None:
+    runs = [noisy("pytorch", p50) for p50 in (10.0, 12.0, 11.0)]
+    combined = analysis.combine_repeats(runs)
+    assert combined.single is not None and combined.single.latency.p50_ms == pytest.approx(
+        runs[2].single.latency.p50_ms  # type: ignore[union-attr]
+    )
+    assert [r.index for r in combined.repeats] == [1, 2, 3]
+    assert "median of 3 interleaved runs" in combined.notes[-1]
+    alone = analysis.analyze(SUITE, [runs[2]]).rows[0].single_p50_interval_ms
+    widened = analysis.analyze(SUITE, [combined]).rows[0].single_p50_interval_ms
+    assert alone is not None and widened is not None
+    assert widened[0] <= alone[0] and widened[1] >= alone[1]
+    assert widened[1] - widened[0] > alone[1] - alone[0]
+
+
+def test_the_operator_says_repeats_are_for_local_runs() -> None:
+    repeated = SUITE.model_copy(
+        update={"spec": SUITE.spec.model_copy(update={
+            "scenarios": SUITE.spec.scenarios.model_copy(update={"repeats": 3})})}
+    )  # fmt: skip
+    (problem,) = validation.cluster_problems(repeated)
+    assert problem.path == "spec.scenarios.repeats" and "--local" in problem.message
+    assert validation.cluster_problems(SUITE) == []
