@@ -46,7 +46,7 @@ def test_local_run_compares_pytorch_and_triton_and_writes_the_report(tmp_path: P
     assert done.returncode == 0, done.stderr[-3000:]
     suite_dir = tmp_path / "out" / "tiny"
     # the verdict table and where the report is
-    assert "Winners:" in done.stdout
+    assert "Winners (95% intervals" in done.stdout
     assert "Recommendations:" in done.stdout
     assert "report.md" in done.stdout
     # progress was shown while it worked

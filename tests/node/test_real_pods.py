@@ -254,7 +254,7 @@ def test_the_cluster_verdict_has_the_local_runs_structure_and_numbers_of_its_ord
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert report.returncode == 0, report.stderr[-3000:]
-    assert "Winners:" in report.stdout
+    assert "Winners (95% intervals" in report.stdout
     local = subprocess.run(
         [*bakeoff, "run", str(CPU_MOCK), "--local", "--out", str(local_out)],
         capture_output=True, text=True, timeout=900, check=False,
