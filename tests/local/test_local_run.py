@@ -71,7 +71,11 @@ def test_local_run_compares_pytorch_and_triton_and_writes_the_report(tmp_path: P
     parity = summary["parity"]
     assert len(parity) == 1 and parity[0]["passed"] is True
     assert parity[0]["minCosine"] >= 0.999
-    assert set(summary["winners"]) == {"latency", "throughput", "cost", "memory"}
+    # Every category is decided: a winner, or a tie the evidence cannot separate (on a busy
+    # machine the two servers' throughput can fall within each other's intervals).
+    winners, ties = set(summary["winners"]), set(summary["ties"])
+    assert winners.isdisjoint(ties), (winners, ties)
+    assert winners | ties == {"latency", "throughput", "cost", "memory"}, summary
     assert (suite_dir / "report.md").read_text().startswith("# Bake-off report: tiny")
     assert "data:image/png;base64," in (suite_dir / "report.html").read_text()
     assert {p.name for p in (suite_dir / "plots").iterdir()} == {
