@@ -16,6 +16,9 @@ from pydantic.alias_generators import to_camel
 
 from bakeoff_bench import config as bench_config
 from bakeoff_bench.models import StrictModel
+from bakeoff_serve.options import ExecutionProvider as ExecutionProvider
+from bakeoff_serve.options import Precision as Precision
+from bakeoff_serve.options import WireInput as WireInput
 
 API_GROUP: Final = "bakeoff.dev"
 API_VERSION: Final = "v1alpha1"
@@ -63,30 +66,10 @@ class InputFormat(StrEnum):
     FP32_TENSOR = "fp32-tensor"
 
 
-class WireInput(StrEnum):
-    """How the pytorch backend takes the images: the same pixels either way."""
-
-    FP32 = "fp32"  # FP32 in [0, 1], what every backend accepts
-    UINT8 = "uint8"  # the 8-bit pixels: a quarter of the bytes, scaled on the GPU
-    JPEG = "jpeg"  # one JPEG file per image (quality 100), decoded by the server (nvJPEG)
-
-
 class BackendKind(StrEnum):
     PYTORCH = "pytorch"
     TRITON_ONNX = "triton-onnx"
     EXTERNAL = "external"
-
-
-class ExecutionProvider(StrEnum):
-    CPU = "cpu"
-    CUDA = "cuda"
-    TENSORRT = "tensorrt"
-
-
-class Precision(StrEnum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    BF16 = "bf16"
 
 
 class CleanupPolicy(StrEnum):
