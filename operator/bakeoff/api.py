@@ -127,36 +127,71 @@ class Endpoint(StrictModel):
     )
 
 
-class Backend(StrictModel):
+PRECISION: Final = "Weights and compute dtype"
+BATCHING: Final = (
+    "Merge queued requests into one execution: Triton's dynamic batcher, or the pytorch "
+    "server's own (which batches up to maxBatchSize: preferredBatchSizes is Triton's only)"
+)
+
+
+class BackendBase(StrictModel):
+    """What every kind of backend has; each kind adds its own fields (see `Backend`)."""
+
     name: DnsLabel = Field(description="Unique name of this candidate")
-    kind: BackendKind
-    precision: Precision = Precision.FP32
-    execution_provider: ExecutionProvider | None = Field(
-        default=None, description="ONNX Runtime execution provider; triton-onnx only"
+    max_batch_size: int = Field(
+        default=32, gt=0, le=1024, description="Largest batch a request may carry"
     )
-    max_batch_size: int = Field(default=32, gt=0, le=1024)
-    dynamic_batching: DynamicBatching | None = Field(
-        default=None,
-        description="Merge queued requests into one execution (Triton's dynamic batcher, or "
-        "the pytorch server's own); not for kind external",
-    )
-    input_format: WireInput = Field(
-        default=WireInput.FP32,
-        description="pytorch only: uint8 sends the 8-bit pixels (a quarter of the bytes), "
-        "scaled on the GPU; jpeg one JPEG file per image, decoded by the server",
-    )
-    cuda_graphs: bool | None = Field(
-        default=None,
-        description="pytorch only: one CUDA graph per batch bucket; default on GPU pools",
-    )
-    instances_per_gpu: int = Field(
-        default=1, ge=1, le=8,
-        description="pytorch only: model instances per GPU, overlapping copies and compute",
-    )  # fmt: skip
-    endpoint: Endpoint | None = Field(default=None, description="kind external only")
     pools: list[DnsLabel] | None = Field(
         default=None, max_length=16, description="Measure on these pools only; default: all"
     )
+
+
+class PytorchBackend(BackendBase):
+    """Bakeoff's PyTorch server (FastAPI, KServe v2 over HTTP and gRPC)."""
+
+    kind: Literal[BackendKind.PYTORCH]
+    precision: Precision = Field(default=Precision.FP32, description=PRECISION)
+    dynamic_batching: DynamicBatching | None = Field(default=None, description=BATCHING)
+    input_format: WireInput = Field(
+        default=WireInput.FP32,
+        description="uint8 sends the 8-bit pixels (a quarter of the bytes), scaled on the GPU; "
+        "jpeg one JPEG file per image, decoded by the server",
+    )
+    cuda_graphs: bool | None = Field(
+        default=None, description="One CUDA graph per batch bucket; default on GPU pools"
+    )
+    instances_per_gpu: int = Field(
+        default=1, ge=1, le=8,
+        description="Model instances per GPU, overlapping copies and compute",
+    )  # fmt: skip
+
+
+class TritonOnnxBackend(BackendBase):
+    """Triton serving the model exported to ONNX, run by ONNX Runtime."""
+
+    kind: Literal[BackendKind.TRITON_ONNX]
+    execution_provider: ExecutionProvider = Field(
+        description="ONNX Runtime's execution provider, cpu, cuda or tensorrt"
+    )
+    precision: Precision = Field(default=Precision.FP32, description=PRECISION)
+    dynamic_batching: DynamicBatching | None = Field(default=None, description=BATCHING)
+
+
+class ExternalBackend(BackendBase):
+    """An Open Inference Protocol server that already runs: measured as it is."""
+
+    kind: Literal[BackendKind.EXTERNAL]
+    endpoint: Endpoint = Field(
+        description="where it answers, e.g. {httpUrl: http://HOST:8000, metricsUrl: "
+        "http://HOST:8002/metrics}"
+    )
+
+
+# One model per kind, told apart by `kind`: each kind's fields are its own, and code that
+# handles backends matches on the class, so a kind nobody handles fails the type check.
+Backend = Annotated[
+    PytorchBackend | TritonOnnxBackend | ExternalBackend, Field(discriminator="kind")
+]
 
 
 class Toleration(BaseModel):

@@ -20,14 +20,15 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, NotRequired, TypedDict
+from typing import Any, Final
 
 import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from pydantic_core import core_schema
 
-from bakeoff import api
+from bakeoff import api, validation
+from bakeoff.rules import CelRule, Where
 
 Schema = dict[str, Any]
 
@@ -69,38 +70,18 @@ _KNOWN_KEYWORDS: Final = frozenset(
 _COPIED_AS_IS: Final = ("multipleOf", "minLength", "maxLength", "pattern", "minItems", "maxItems")
 
 
-class CelRule(TypedDict):
-    """One entry of `x-kubernetes-validations` (apiextensions.k8s.io/v1 ValidationRule)."""
-
-    rule: str
-    message: str
-    messageExpression: NotRequired[str]
-    fieldPath: NotRequired[str]
-    reason: NotRequired[str]
-
-
-# Where each rule sits: a path of property names from the root schema, "[]" for list items.
-# Each mirrors one check of `validation.check_suite`. Notes for whoever edits these:
-# - Defaults are applied before validation, so defaulted fields (precision, maxBatchSize,
-#   gpus, parity, scenarios) are always present; only optional fields need `has()`.
+# Rules the models enforce themselves (a constrained type, a model validator, an API server
+# transition), mirrored for the API server. Every other rule comes from the validation table
+# (`validation.RULES`), whose rules each carry their CEL and their Python form together.
+# Notes for whoever writes CEL here or in the table:
+# - Defaults are applied before validation, so defaulted fields (maxBatchSize, gpus, parity,
+#   scenarios) are always present; only optional fields need `has()`. A field only some
+#   backend kinds have carries no default in the CRD (see `_merged_union`): `has()` it.
 # - A null in a nullable field reads as absent to `has()` (apiserver unstructuredMap.Find).
 # - The reason FieldValueDuplicate drops the message (field.Duplicate has no detail), so
 #   uniqueness rules keep the default reason, FieldValueInvalid.
 # - Every list a rule walks has maxItems, or the static cost estimate rejects the CRD.
-def _pytorch_only(field: str, untouched: str) -> tuple[tuple[str, ...], CelRule]:
-    """A backend rule: `field` keeps its default (`untouched`) unless the kind is pytorch."""
-    return (
-        ("spec", "backends", "[]"),
-        {
-            "rule": f"self.kind == 'pytorch' || {untouched}",
-            "message": f"{field} applies to kind pytorch only; remove it",
-            "fieldPath": f".{field}",
-            "reason": "FieldValueForbidden",
-        },
-    )
-
-
-CEL_RULES: Final[tuple[tuple[tuple[str, ...], CelRule], ...]] = (
+MODEL_RULES: Final[tuple[tuple[Where, CelRule], ...]] = (
     (
         ("spec",),
         {
@@ -122,189 +103,18 @@ CEL_RULES: Final[tuple[tuple[tuple[str, ...], CelRule], ...]] = (
         },
     ),
     (
-        ("spec", "backends", "[]"),
-        {
-            "rule": "(self.kind == 'external') == has(self.endpoint)",
-            "message": "endpoint is required for kind external and applies to it only; set "
-            "endpoint: {httpUrl: ...} on external backends and remove it elsewhere",
-            "fieldPath": ".endpoint",
-        },
-    ),
-    (
-        ("spec",),
-        {
-            "rule": "self.backends.all(b, !has(b.pools) || "
-            "b.pools.all(p, self.nodePools.exists(q, q.name == p)))",
-            "message": "spec.backends[].pools must name pools of spec.nodePools",
-            "fieldPath": ".backends",
-        },
-    ),
-    (
         ("spec", "scenarios", "steadyState"),
         {
             "rule": "has(self.windowRequests) != has(self.windowSeconds)",
             "message": "steadyState needs exactly one of windowRequests and windowSeconds",
         },
     ),
-    (
-        ("spec", "backends"),
-        {
-            "rule": "self.all(b, self.exists_one(c, c.name == b.name))",
-            "message": "spec.backends: names must be unique; give every backend its own name",
-        },
-    ),
-    (
-        ("spec", "nodePools"),
-        {
-            "rule": "self.all(p, self.exists_one(q, q.name == p.name))",
-            "message": "spec.nodePools: names must be unique; give every pool its own name",
-        },
-    ),
-    (
-        ("spec", "backends", "[]"),
-        {
-            "rule": "self.kind != 'triton-onnx' || has(self.executionProvider)",
-            "message": "executionProvider is required for kind triton-onnx; set "
-            "executionProvider: cuda, tensorrt or cpu",
-            "fieldPath": ".executionProvider",
-            "reason": "FieldValueRequired",
-        },
-    ),
-    (
-        ("spec", "backends", "[]"),
-        {
-            "rule": "self.kind == 'triton-onnx' || !has(self.executionProvider)",
-            "message": "executionProvider applies to kind triton-onnx only; remove it (the "
-            "pytorch backend runs on the pool's device)",
-            "fieldPath": ".executionProvider",
-            "reason": "FieldValueForbidden",
-        },
-    ),
-    (
-        ("spec", "backends", "[]"),
-        {
-            "rule": "self.kind != 'triton-onnx' || !has(self.executionProvider) || "
-            "!(self.executionProvider in ['cpu', 'cuda']) || self.precision == 'fp32'",
-            "message": "precision: the cpu and cuda execution providers run the exported fp32 "
-            "graph; use precision: fp32, or executionProvider: tensorrt for fp16",
-            "fieldPath": ".precision",
-        },
-    ),
-    (
-        ("spec", "backends", "[]"),
-        {
-            "rule": "self.kind != 'triton-onnx' || !has(self.executionProvider) || "
-            "self.executionProvider != 'tensorrt' || self.precision != 'bf16'",
-            "message": "precision: the TensorRT execution provider supports fp32 and fp16, not "
-            "bf16; use precision: fp16",
-            "fieldPath": ".precision",
-        },
-    ),
-    (
-        ("spec", "backends", "[]"),
-        {
-            "rule": "self.kind != 'external' || !has(self.dynamicBatching)",
-            "message": "dynamicBatching does not apply to kind external (it is measured as it "
-            "runs); remove it",
-            "fieldPath": ".dynamicBatching",
-            "reason": "FieldValueForbidden",
-        },
-    ),
-    *(
-        _pytorch_only(field, untouched)
-        for field, untouched in (
-            ("inputFormat", "self.inputFormat == 'fp32'"),
-            ("cudaGraphs", "!has(self.cudaGraphs)"),
-            ("instancesPerGpu", "self.instancesPerGpu == 1"),
-        )
-    ),
-    (
-        ("spec", "backends", "[]"),
-        {
-            "rule": "!has(self.dynamicBatching) || "
-            "!has(self.dynamicBatching.preferredBatchSizes) || "
-            "self.dynamicBatching.preferredBatchSizes.all(s, s <= self.maxBatchSize)",
-            "message": "dynamicBatching.preferredBatchSizes: sizes must not exceed "
-            "maxBatchSize; drop the larger sizes or raise maxBatchSize",
-            "fieldPath": ".dynamicBatching.preferredBatchSizes",
-        },
-    ),
-    (
-        ("spec",),
-        {
-            "rule": "!has(self.scenarios.batchSweep) || self.backends.all(b, "
-            "self.scenarios.batchSweep.batchSizes.all(s, s <= b.maxBatchSize))",
-            "message": "spec.backends: every backend's maxBatchSize must be at least the "
-            "largest of spec.scenarios.batchSweep.batchSizes; raise maxBatchSize or drop the "
-            "larger batch sizes",
-            "fieldPath": ".backends",
-        },
-    ),
-    (
-        ("spec", "scenarios", "batchSweep", "batchSizes"),
-        {
-            "rule": "self.all(x, self.exists_one(y, y == x))",
-            "message": "spec.scenarios.batchSweep.batchSizes: batch sizes repeat; list each "
-            "batch size once",
-        },
-    ),
-    (
-        ("spec",),
-        {
-            "rule": "!has(self.parity.reference) || "
-            "self.backends.exists(b, b.name == self.parity.reference)",
-            "message": "spec.parity.reference must name one of spec.backends; use a backend's "
-            "name, or omit it to use the first backend",
-            "fieldPath": ".parity.reference",
-        },
-    ),
-    (
-        ("spec", "scenarios", "batchSweep"),
-        {
-            # The API server also checks this rule against the field's default, `{}`, whose
-            # nested defaults are not filled in there: absent fields mean small defaults.
-            "rule": "!has(self.batchSizes) || !has(self.requests) || !has(self.warmup) || "
-            "self.batchSizes.size() * (self.requests + self.warmup) <= "
-            f"{api.MAX_SCENARIO_REQUESTS}",
-            "message": "batch sizes x (requests + warmup) must not exceed "
-            f"{api.MAX_SCENARIO_REQUESTS} requests per cell; lower requests or list fewer "
-            "batch sizes",
-        },
-    ),
-    (
-        ("spec", "scenarios", "concurrencySweep"),
-        {
-            "rule": "self.levels.size() * self.batchSizes.size() * (self.requests + self.warmup) "
-            f"<= {api.MAX_SCENARIO_REQUESTS}",
-            "message": "levels x batch sizes x (requests + warmup) must not exceed "
-            f"{api.MAX_SCENARIO_REQUESTS} requests per cell; lower requests, or sweep fewer "
-            "levels or batch sizes",
-        },
-    ),
-    (
-        ("spec",),
-        {
-            "rule": "!has(self.scenarios.rate) || "
-            "double(self.scenarios.rate.requestsPerSecond.size()) * "
-            "self.scenarios.rate.durationSeconds <= double(self.timeouts.runSeconds)",
-            "message": "rates x durationSeconds must fit in spec.timeouts.runSeconds, or the "
-            "benchmark Job is stopped before it ends; list fewer rates, shorten durationSeconds "
-            "or raise runSeconds",
-            "fieldPath": ".scenarios.rate",
-        },
-    ),
-    (
-        ("spec", "nodePools", "[]"),
-        {
-            "rule": "self.gpus == 0 || (has(self.nodeSelector) && self.nodeSelector.size() > 0)",
-            "message": "nodeSelector: a GPU pool (gpus > 0) needs a nodeSelector, or its pods "
-            "may land on any node; select the pool's nodes, e.g. {nvidia.com/gpu.product: "
-            "NVIDIA-A100-SXM4-80GB}, or set gpus: 0 for a CPU pool",
-            "fieldPath": ".nodeSelector",
-            "reason": "FieldValueRequired",
-        },
-    ),
 )
+
+
+def cel_rules() -> list[tuple[Where, CelRule]]:
+    return [*MODEL_RULES, *((rule.at, rule.cel_rule()) for rule in validation.RULES)]
+
 
 # Printer columns read status fields the operator writes as ready-made strings: printer
 # columns can select a field but not compute one.
@@ -413,8 +223,11 @@ def _resolve(node: Mapping[str, Any], defs: Mapping[str, Any], where: str) -> tu
     """Inline `$ref`s and unwrap `anyOf: [X, null]`; keywords beside them override X's."""
     merged: Schema = dict(node)
     nullable = False
-    while "$ref" in merged or "anyOf" in merged:
-        if "anyOf" in merged:
+    while "$ref" in merged or "anyOf" in merged or "oneOf" in merged:
+        if "oneOf" in merged:
+            members, discriminator = merged.pop("oneOf"), merged.pop("discriminator")
+            merged = {**_merged_union(members, discriminator, defs, where), **merged}
+        elif "anyOf" in merged:
             branches = merged.pop("anyOf")
             others = [b for b in branches if b != {"type": "null"}]
             if len(branches) != 2 or len(others) != 1:
@@ -425,6 +238,53 @@ def _resolve(node: Mapping[str, Any], defs: Mapping[str, Any], where: str) -> tu
             name = str(merged.pop("$ref")).removeprefix("#/$defs/")
             merged = {**defs[name], **merged}
     return merged, nullable
+
+
+def _merged_union(
+    members: Sequence[Mapping[str, Any]],
+    discriminator: Mapping[str, Any],
+    defs: Mapping[str, Any],
+    where: str,
+) -> Schema:
+    """A union discriminated by a property, as the one object a structural schema allows.
+
+    Every member's properties, each once; the discriminator an enum of the members' tags; a
+    property only some members have says which, and has no default (the API server would
+    give it to every member); required only what every member requires. Which member may set
+    which property, and must, are CEL rules (`rules.kind_field_rules`).
+    """
+    tag = discriminator["propertyName"]
+    resolved = [_resolve(member, defs, where)[0] for member in members]
+    tags = [m["properties"][tag]["const"] for m in resolved]
+    owners: dict[str, list[str]] = {}
+    properties: dict[str, Any] = {}
+    descriptions: dict[str, dict[str, str]] = {}  # property -> member tag -> description
+    for member_tag, member in zip(tags, resolved, strict=True):
+        for name, sub in member["properties"].items():
+            owners.setdefault(name, []).append(member_tag)
+            shape = {k: v for k, v in sub.items() if k != "description"}
+            if name in properties and name != tag and properties[name] != shape:
+                raise UnsupportedSchema(f"{where}.{name}: differs between union members")
+            properties.setdefault(name, shape)
+            if "description" in sub:
+                descriptions.setdefault(name, {})[member_tag] = sub["description"]
+    for name, by_member in descriptions.items():
+        texts = set(by_member.values())
+        properties[name]["description"] = (
+            texts.pop()
+            if len(texts) == 1
+            else "; ".join(f"{member}: {text}" for member, text in by_member.items())
+        )
+    properties[tag] = {"type": "string", "enum": tags, "description": f"One of: {', '.join(tags)}"}
+    for name, member_tags in owners.items():
+        if len(member_tags) < len(tags):
+            only = dict(properties[name])
+            only.pop("default", None)
+            which = ", ".join(member_tags)
+            only["description"] = f"({which} only) {only.get('description', '')}".strip()
+            properties[name] = only
+    required = [name for name in properties if all(name in m.get("required", []) for m in resolved)]
+    return {"type": "object", "properties": properties, "required": required}
 
 
 def _object_parts(merged: Mapping[str, Any], defs: Mapping[str, Any], where: str) -> Schema:
@@ -480,7 +340,7 @@ def openapi_schema() -> Schema:
             ),
         },
     }
-    for path, rule in CEL_RULES:
+    for path, rule in cel_rules():
         node = _node_at(root, path)
         node.setdefault("x-kubernetes-validations", []).append(dict(rule))
     return root

@@ -22,12 +22,13 @@ from typing import Literal
 import psutil
 
 from bakeoff import analysis, api, plan
+from bakeoff.backends import LocalServer, plugin_for
 from bakeoff_bench import client as bench_client
 from bakeoff_bench import config as bench_config
 from bakeoff_bench import runner as bench_runner
 from bakeoff_bench.models import StrictModel
 from bakeoff_bench.results import CellResult
-from bakeoff_serve import launch, process
+from bakeoff_serve import process
 
 Progress = Callable[[str], None]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -100,66 +101,6 @@ def _process_tree_rss(pid: int) -> int:
     return total
 
 
-def backend_command(
-    suite: api.BenchmarkSuite,
-    backend: api.Backend,
-    device: str,
-    work_dir: Path,
-    cache_dir: Path | None,
-) -> tuple[process.Command, bench_config.Target]:
-    """Prepare a backend (ONNX export, Triton repository) and say how to start and reach it."""
-    spec = suite.spec
-    builtin = spec.model.source.builtin.value
-    weights = Path(spec.model.source.weights) if spec.model.source.weights else None
-    http_port, grpc_port = process.free_port(), process.free_port()
-    if backend.kind is api.BackendKind.PYTORCH:
-        command = launch.pytorch_server_command(
-            model_name=spec.model.name,
-            builtin=builtin,
-            device=device,
-            precision=backend.precision.value,
-            http_port=http_port,
-            grpc_port=grpc_port,
-            max_batch_size=backend.max_batch_size,
-            warmup_batch_sizes=plan.warmup_batch_sizes(spec, backend),
-            seed=spec.model.seed,
-            weights=weights,
-            # A local run serves on one GPU at most (cuda:0), whatever the pool says.
-            options=plan.pytorch_server_options(backend, 0 if device == "cpu" else 1),
-        )
-        metrics_url = f"http://127.0.0.1:{http_port}/metrics"
-    else:
-        # Imported here: model prep pulls in torch and onnx.
-        from bakeoff_serve import model_prep, tritonserver
-
-        assert backend.execution_provider is not None  # validation.check_suite guarantees it
-        batching = backend.dynamic_batching or api.DynamicBatching()
-        repo = model_prep.prepare_triton_repository(
-            work_dir / "model-repository",
-            spec.model.name,
-            builtin,
-            weights,
-            spec.model.seed,
-            cache_dir or tritonserver.default_cache_dir(),
-            max_batch_size=backend.max_batch_size,
-            execution_provider=backend.execution_provider.value,
-            # check_suite allows triton-onnx only fp32, or fp16 with TensorRT.
-            precision="fp16" if backend.precision is api.Precision.FP16 else "fp32",
-            preferred_batch_sizes=batching.preferred_batch_sizes,
-            max_queue_delay_us=batching.max_queue_delay_microseconds,
-            warmup_batch_sizes=plan.warmup_batch_sizes(spec, backend),
-        )
-        metrics_port = process.free_port()
-        command = launch.triton_server_command(repo, http_port, grpc_port, metrics_port)
-        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    target = bench_config.Target(
-        http_url=f"http://127.0.0.1:{http_port}",
-        metrics_url=metrics_url,
-        model_name=spec.model.name,
-    )
-    return command, target
-
-
 def _bench(config: bench_config.BenchConfig, progress: Progress, run_seconds: float) -> CellResult:
     # The load generator's own event loop (uvloop when installed), as in the benchmark Job,
     # stopped after timeouts.runSeconds as the Job's activeDeadlineSeconds would stop it.
@@ -198,8 +139,9 @@ def _ctrl_c_raises() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _measure_external(suite: api.BenchmarkSuite, cell: plan.Cell, progress: Progress) -> CellResult:
-    target = plan.external_target(suite, cell.backend)
+def _measure_external(
+    suite: api.BenchmarkSuite, cell: plan.Cell, target: bench_config.Target, progress: Progress
+) -> CellResult:
     progress(f"measuring the external server at {target.http_url} as it is")
     run_s = float(suite.spec.timeouts.run_seconds)
     result = _bench(plan.build_bench_config(suite, cell, target), progress, run_s)
@@ -210,25 +152,42 @@ def _measure_external(suite: api.BenchmarkSuite, cell: plan.Cell, progress: Prog
 def _measure_started_backend(
     suite: api.BenchmarkSuite,
     cell: plan.Cell,
+    server: LocalServer,
+    device: str,
+    log_path: Path,
+    progress: Progress,
+) -> CellResult:
+    progress(f"starting {plugin_for(cell.backend).describe()} (log: {log_path})")
+    ready_s = float(suite.spec.timeouts.ready_seconds)
+    with process.running_server(server.command, log_path, ready_s) as running:
+        progress(f"ready and warm after {running.time_to_ready_s:.1f} s")
+        run_s = float(suite.spec.timeouts.run_seconds)
+        result = _bench(plan.build_bench_config(suite, cell, server.target), progress, run_s)
+        if result.memory_bytes is None:
+            result.memory_bytes = _process_tree_rss(running.process.pid)
+            result.memory_kind = "host-rss"
+        result.time_to_ready_s = running.time_to_ready_s
+        result.notes.append(f"served on {device} (local run)")
+    return result
+
+
+def _measure(
+    suite: api.BenchmarkSuite,
+    cell: plan.Cell,
     device: str,
     work_dir: Path,
     log_path: Path,
     options: LocalOptions,
     progress: Progress,
 ) -> CellResult:
-    command, target = backend_command(suite, cell.backend, device, work_dir, options.cache_dir)
-    progress(f"starting {cell.backend.kind.value} server (log: {log_path})")
-    ready_s = float(suite.spec.timeouts.ready_seconds)
-    with process.running_server(command, log_path, ready_s) as server:
-        progress(f"ready and warm after {server.time_to_ready_s:.1f} s")
-        run_s = float(suite.spec.timeouts.run_seconds)
-        result = _bench(plan.build_bench_config(suite, cell, target), progress, run_s)
-        if result.memory_bytes is None:
-            result.memory_bytes = _process_tree_rss(server.process.pid)
-            result.memory_kind = "host-rss"
-        result.time_to_ready_s = server.time_to_ready_s
-        result.notes.append(f"served on {device} (local run)")
-    return result
+    plugin = plugin_for(cell.backend)
+    remote = plugin.remote_target(suite)
+    if remote is not None:
+        return _measure_external(suite, cell, remote, progress)
+    server = plugin.start_locally(suite, device, work_dir, options.cache_dir)
+    if server is None:
+        raise ValueError(f"backend '{cell.backend.name}' has neither an endpoint nor a server")
+    return _measure_started_backend(suite, cell, server, device, log_path, progress)
 
 
 def run_cell(
@@ -251,11 +210,7 @@ def run_cell(
         log_file=str(log_path),
     )
     try:
-        if cell.backend.kind is api.BackendKind.EXTERNAL:
-            result = _measure_external(suite, cell, progress)
-        else:
-            result = _measure_started_backend(suite, cell, device, work_dir, log_path, options,
-                                              progress)  # fmt: skip
+        result = _measure(suite, cell, device, work_dir, log_path, options, progress)
     except (process.ServerStartError, bench_runner.BenchError, OSError, ValueError) as error:
         outcome.phase = api.CellPhase.FAILED
         outcome.message = str(error)

@@ -36,32 +36,6 @@ def parity_reference(spec: api.BenchmarkSuiteSpec) -> str:
     return spec.parity.reference or spec.backends[0].name
 
 
-def warmup_batch_sizes(spec: api.BenchmarkSuiteSpec, backend: api.Backend) -> list[int]:
-    """Every batch size the suite will send: a backend is 'ready' only once all are warm."""
-    sizes = {1}
-    if spec.scenarios.batch_sweep is not None:
-        sizes.update(spec.scenarios.batch_sweep.batch_sizes)
-    return sorted(s for s in sizes if s <= backend.max_batch_size)
-
-
-def pytorch_server_options(backend: api.Backend, gpus: int) -> list[str]:
-    """The pytorch server's serving flags for a backend on a pool with `gpus` GPUs (0: CPU).
-
-    One model instance per GPU (times instancesPerGpu); CUDA graphs are the server's default
-    on a GPU and do not exist on CPU, so an explicit choice is passed on GPUs only.
-    """
-    options = [f"--input-format={backend.input_format.value}"]
-    if gpus > 0:
-        options += [f"--gpus={gpus}", f"--instances-per-device={backend.instances_per_gpu}"]
-        if backend.cuda_graphs is not None:
-            options.append("--cuda-graphs" if backend.cuda_graphs else "--no-cuda-graphs")
-    if backend.dynamic_batching is not None:
-        options.append("--dynamic-batching")
-        delay = backend.dynamic_batching.max_queue_delay_microseconds
-        options.append(f"--max-queue-delay-us={delay}")
-    return options
-
-
 def image_size(spec: api.BenchmarkSuiteSpec) -> int:
     return BUILTIN_MODELS[spec.model.source.builtin.value].image_size
 
@@ -114,14 +88,4 @@ def build_bench_config(
         seed=suite.spec.model.seed,
         # An external backend is waited for here (a deployed one is ready before its Job).
         ready_timeout_s=float(suite.spec.timeouts.ready_seconds),
-    )
-
-
-def external_target(suite: api.BenchmarkSuite, backend: api.Backend) -> bench_config.Target:
-    """Where an external backend answers (the same from a laptop and from a Job)."""
-    assert backend.endpoint is not None  # validation.check_suite guarantees it
-    return bench_config.Target(
-        http_url=backend.endpoint.http_url.rstrip("/"),
-        metrics_url=backend.endpoint.metrics_url,
-        model_name=backend.endpoint.model_name or suite.spec.model.name,
     )

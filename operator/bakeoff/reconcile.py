@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Literal
 
 from bakeoff import analysis, api, manifests, naming, plan
+from bakeoff.backends import plugin_for
 from bakeoff.settings import OperatorSettings
 from bakeoff_bench.results import CellResult
 
@@ -258,6 +259,8 @@ def plan_cell(
         # Terminal is final: a restart or a late event never reopens a cell.
         return decide(previous.phase, previous.message)
     node = _backend_node(deployment) or base.node
+    # A server that runs elsewhere (kind external) is benchmarked as it is: nothing to deploy.
+    runs_elsewhere = plugin_for(cell.backend).remote_target(suite) is not None
     interrupted = backend_interrupted(deployment, base, job) if job is not None else ""
     if interrupted:
         decision = decide(api.CellPhase.FAILED, interrupted, node=base.node)
@@ -284,7 +287,7 @@ def plan_cell(
             )
         # The node the benchmark started against (recorded then), not where a new pod went.
         left = backend_left_node(deployment, base.node)
-        if left and cell.backend.kind is not api.BackendKind.EXTERNAL:
+        if left and not runs_elsewhere:
             return decide(api.CellPhase.FAILED, left, node=base.node)
         if job.succeeded:
             finished = job.finished_at or job.created_at
@@ -303,8 +306,8 @@ def plan_cell(
                 node=node,
             )
         return decide(api.CellPhase.BENCHMARKING, f"benchmark Job {job.name} running", node=node)
-    if cell.backend.kind is api.BackendKind.EXTERNAL:
-        # Already running elsewhere: nothing to deploy, the benchmark starts when its turn comes.
+    if runs_elsewhere:
+        # The benchmark starts when its turn comes.
         if not may_start:
             return decide(api.CellPhase.PENDING, f"waiting for pool '{cell.pool.name}' to be free")
         decision = decide(api.CellPhase.BENCHMARKING, "benchmarking the external endpoint")
@@ -336,7 +339,7 @@ def plan_cell(
     decision = decide(api.CellPhase.DEPLOYING, f"deploying the backend on pool '{cell.pool.name}'")
     decision.creates += [
         manifests.build_backend_deployment(suite, uid, cell, settings),
-        manifests.build_backend_service(suite, uid, cell),
+        manifests.build_backend_service(suite, uid, cell, settings),
     ]
     return decision
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from bakeoff import api
+from bakeoff import api, backends, rules
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,28 @@ def format_loc(loc: Iterable[int | str]) -> str:
     return text or "(document)"
 
 
-def _model_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
-    """The pydantic model that owns the field at `loc` (for 'did you mean' hints)."""
+_KINDS = {kind.value: kind for kind in api.BackendKind}
+# The location of an error, with the union member pydantic tried noted apart.
+Location = tuple[int | str, ...]
+
+
+def without_kind_tags(loc: Location) -> tuple[Location, api.BackendKind | None]:
+    """pydantic names the union member it tried after a backend's index
+    (`spec.backends.0.pytorch.precision`); the suite's own path has no such part."""
+    out: list[int | str] = []
+    kind = None
+    for part in loc:
+        in_backend = len(out) >= 2 and out[-2] == "backends" and isinstance(out[-1], int)
+        if in_backend and isinstance(part, str) and part in _KINDS:
+            kind = _KINDS[part]
+            continue
+        out.append(part)
+    return tuple(out), kind
+
+
+def _model_at(loc: Location, kind: api.BackendKind | None = None) -> type[BaseModel] | None:
+    """The pydantic model that owns the field at `loc` (for 'did you mean' hints); `kind`
+    picks the member of the backend union."""
     model: type[BaseModel] = api.BenchmarkSuite
     for part in loc[:-1]:
         if isinstance(part, int):
@@ -58,249 +77,99 @@ def _model_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
         field = next((f for name, f in model.model_fields.items() if part in (name, f.alias)), None)
         if field is None:
             return None
-        inner = _first_model_type(field.annotation)
-        if inner is None:
+        members = _model_types(field.annotation)
+        if not members:
             return None
-        model = inner
+        model = rules.backend_kinds().get(kind, members[0]) if kind else members[0]
+        if model not in members:
+            model = members[0]
     return model
 
 
-def _first_model_type(annotation: Any) -> type[BaseModel] | None:
+def _model_types(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+        return [annotation]
+    found: list[type[BaseModel]] = []
     for arg in getattr(annotation, "__args__", ()) or ():
-        found = _first_model_type(arg)
-        if found is not None:
-            return found
-    return None
+        found += _model_types(arg)
+    return found
 
 
-def _hint_for(error: Any) -> str:
-    kind = error["type"]
-    loc = error["loc"]
-    if kind == "extra_forbidden":
-        model = _model_at(loc)
+def _hint_for(error: Any, loc: Location, kind: api.BackendKind | None) -> str:
+    error_type = error["type"]
+    if error_type == "extra_forbidden":
+        model = _model_at(loc, kind)
         if model is not None:
             known = [f.alias or n for n, f in model.model_fields.items()]
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
             if close:
                 return f"did you mean '{close[0]}'? fields here: {', '.join(known)}"
             return f"fields allowed here: {', '.join(known)}"
-    if kind == "missing":
+    if error_type == "missing":
         return f"add '{loc[-1]}'"
-    if kind in ("enum", "literal_error"):
+    if error_type in ("enum", "literal_error"):
         return "use one of the values listed"
-    if kind == "string_pattern_mismatch":
+    if error_type == "string_pattern_mismatch":
         return "use lower-case letters, digits and '-', starting and ending with a letter or digit"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+    if error_type in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         return "change the number to fit the bound"
-    if kind == "too_short":
+    if error_type == "too_short":
         return "add at least one entry"
     return ""
 
 
+def _kinds_listed() -> str:
+    names = [f"'{kind.value}'" for kind in api.BackendKind]
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _problem(error: Any) -> Problem:
+    """One pydantic error as a problem at the suite's own path, worded as the CRD words it."""
+    loc, kind = without_kind_tags(tuple(error["loc"]))
+    error_type = error["type"]
+    if error_type in ("union_tag_invalid", "union_tag_not_found"):
+        # A backend whose kind is missing or unknown: blame `kind` itself.
+        return Problem(
+            format_loc((*loc, "kind")),
+            f"Input should be {_kinds_listed()}",
+            "set kind to one of the values listed",
+        )
+    field = str(loc[-1]) if loc else ""
+    owners = rules.kind_fields().get(field)
+    is_backend_field = kind is not None and len(loc) == 4 and loc[1] == "backends"
+    if is_backend_field and owners and kind is not None:
+        if error_type == "extra_forbidden":
+            return Problem(format_loc(loc), *rules.field_belongs_message(field, owners))
+        if error_type == "missing":
+            return Problem(format_loc(loc), *rules.field_required_message(field, kind))
+    return Problem(format_loc(loc), str(error["msg"]), _hint_for(error, loc, kind))
+
+
 def problems_from_validation_error(error: ValidationError) -> list[Problem]:
-    problems = []
-    for item in error.errors(include_url=False):
-        problems.append(Problem(format_loc(item["loc"]), str(item["msg"]), _hint_for(item)))
-    return problems
+    return [_problem(item) for item in error.errors(include_url=False)]
 
 
-def _duplicates(names: Sequence[str]) -> set[str]:
-    return {name for name, count in Counter(names).items() if count > 1}
+# The table: rules across the suite, each kind's own, and which fields each kind has.
+RULES: Final[tuple[rules.Rule, ...]] = (
+    *rules.SUITE_RULES,
+    *backends.KIND_RULES,
+    *rules.kind_field_rules(),
+)
 
 
 def check_suite(suite: api.BenchmarkSuite) -> list[Problem]:
     """Rules across fields, each reported at the exact path of the offending value."""
-    spec = suite.spec
     problems: list[Problem] = []
-    backend_names = [b.name for b in spec.backends]
-    for field, names in (
-        ("backends", backend_names),
-        ("nodePools", [p.name for p in spec.node_pools]),
-    ):
-        dup = _duplicates(names)
-        for index, name in enumerate(names):
-            if name in dup and names.index(name) != index:
-                problems.append(
-                    Problem(
-                        f"spec.{field}[{index}].name",
-                        f"duplicate name '{name}'",
-                        "give every entry a unique name",
-                    )
-                )
-    sweep = spec.scenarios.batch_sweep
-    for index, backend in enumerate(spec.backends):
-        at = f"spec.backends[{index}]"
-        if backend.kind is api.BackendKind.PYTORCH:
-            if backend.execution_provider is not None:
-                problems.append(
-                    Problem(
-                        f"{at}.executionProvider",
-                        "executionProvider applies to kind triton-onnx only",
-                        "remove it; the pytorch backend runs on the pool's device",
-                    )
-                )
-            batching = backend.dynamic_batching
-            if batching is not None and batching.preferred_batch_sizes:
-                problems.append(
-                    Problem(
-                        f"{at}.dynamicBatching.preferredBatchSizes",
-                        "preferredBatchSizes applies to kind triton-onnx only",
-                        "remove it; the pytorch server batches up to maxBatchSize",
-                    )
-                )
-        else:
-            for field, changed in (
-                ("inputFormat", backend.input_format is not api.WireInput.FP32),
-                ("cudaGraphs", backend.cuda_graphs is not None),
-                ("instancesPerGpu", backend.instances_per_gpu != 1),
-            ):
-                if changed:
-                    problems.append(
-                        Problem(
-                            f"{at}.{field}", f"{field} applies to kind pytorch only", "remove it"
-                        )
-                    )
-        if backend.kind is api.BackendKind.TRITON_ONNX:
-            if backend.execution_provider is None:
-                problems.append(
-                    Problem(
-                        f"{at}.executionProvider",
-                        "triton-onnx needs an execution provider",
-                        "set executionProvider: cuda, tensorrt or cpu",
-                    )
-                )
-            elif (
-                backend.execution_provider is api.ExecutionProvider.CPU
-                and backend.precision is not api.Precision.FP32
-            ):
-                problems.append(
-                    Problem(
-                        f"{at}.precision",
-                        f"precision {backend.precision.value} is not supported by the CPU "
-                        "execution provider",
-                        "use precision: fp32 with executionProvider: cpu",
-                    )
-                )
-            elif (
-                backend.execution_provider is api.ExecutionProvider.CUDA
-                and backend.precision is not api.Precision.FP32
-            ):
-                problems.append(
-                    Problem(
-                        f"{at}.precision",
-                        "the CUDA execution provider runs the exported fp32 graph",
-                        "use precision: fp32, or executionProvider: tensorrt for fp16",
-                    )
-                )
-            elif (
-                backend.execution_provider is api.ExecutionProvider.TENSORRT
-                and backend.precision is api.Precision.BF16
-            ):
-                problems.append(
-                    Problem(
-                        f"{at}.precision",
-                        "the TensorRT execution provider supports fp32 and fp16, not bf16",
-                        "use precision: fp16",
-                    )
-                )
-        if sweep is not None:
-            too_big = [b for b in sweep.batch_sizes if b > backend.max_batch_size]
-            if too_big:
-                problems.append(
-                    Problem(
-                        f"{at}.maxBatchSize",
-                        f"maxBatchSize {backend.max_batch_size} is below the swept batch sizes "
-                        f"{too_big}",
-                        f"raise maxBatchSize to {max(too_big)} or drop those sizes from "
-                        "spec.scenarios.batchSweep.batchSizes",
-                    )
-                )
-        batching = backend.dynamic_batching
-        if batching is not None:
-            over = [b for b in batching.preferred_batch_sizes if b > backend.max_batch_size]
-            if over:
-                problems.append(
-                    Problem(
-                        f"{at}.dynamicBatching.preferredBatchSizes",
-                        f"preferred sizes {over} exceed maxBatchSize {backend.max_batch_size}",
-                        "keep preferred batch sizes at or below maxBatchSize",
-                    )
-                )
-    pool_names = [p.name for p in spec.node_pools]
-    for index, backend in enumerate(spec.backends):
-        problems += _backend_placement_problems(index, backend, pool_names)
-    if sweep is not None and len(set(sweep.batch_sizes)) != len(sweep.batch_sizes):
-        problems.append(
-            Problem(
-                "spec.scenarios.batchSweep.batchSizes",
-                f"batch sizes repeat: {sweep.batch_sizes}",
-                "list each batch size once",
-            )
-        )
-    reference = spec.parity.reference
-    if reference is not None and reference not in backend_names:
-        close = difflib.get_close_matches(reference, backend_names, n=1)
-        problems.append(
-            Problem(
-                "spec.parity.reference",
-                f"'{reference}' is not a backend of this suite",
-                f"did you mean '{close[0]}'?"
-                if close
-                else f"use one of: {', '.join(backend_names)}",
-            )
-        )
-    problems += _oversize_problems(spec)
-    for index, pool in enumerate(spec.node_pools):
+    for rule in RULES:
+        for path, node in rules.nodes_at(suite, rule.at):
+            if rule.applies_to(node) and not rule.holds(node):
+                hint = rule.hint_for(node) if rule.hint_for else rule.hint
+                problems.append(Problem(f"{path}{rule.field}", rule.message, hint))
+    for index, pool in enumerate(suite.spec.node_pools):
         problems += [
             Problem(f"spec.nodePools[{index}].nodeSelector", message, hint)
             for message, hint in _label_key_problems(pool.node_selector)
         ]
-        if pool.gpus > 0 and not pool.node_selector:
-            problems.append(
-                Problem(
-                    f"spec.nodePools[{index}].nodeSelector",
-                    "a GPU pool needs a nodeSelector, or its pods may land on any node",
-                    "select the pool's nodes, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}",
-                )
-            )
-    return problems
-
-
-def _oversize_problems(spec: api.BenchmarkSuiteSpec) -> list[Problem]:
-    """Sweeps too large to ever finish: each closed-loop scenario stays under
-    MAX_SCENARIO_REQUESTS per cell, and the rate runs fit in the Job's runSeconds."""
-    problems = []
-    cap = api.MAX_SCENARIO_REQUESTS
-    scenarios = spec.scenarios
-    sweep = scenarios.batch_sweep
-    if sweep is not None:
-        total = len(sweep.batch_sizes) * (sweep.requests + sweep.warmup)
-        if total > cap:
-            problems.append(Problem("spec.scenarios.batchSweep",
-                f"{len(sweep.batch_sizes)} batch sizes x (requests {sweep.requests} + warmup "
-                f"{sweep.warmup}) = {total} requests per cell, more than {cap}",
-                "lower requests or list fewer batch sizes"))  # fmt: skip
-    levels = scenarios.concurrency_sweep
-    if levels is not None:
-        points = len(levels.levels) * len(levels.batch_sizes)
-        total = points * (levels.requests + levels.warmup)
-        if total > cap:
-            problems.append(Problem("spec.scenarios.concurrencySweep",
-                f"{len(levels.levels)} levels x {len(levels.batch_sizes)} batch sizes x "
-                f"(requests {levels.requests} + warmup {levels.warmup}) = {total} requests per "
-                f"cell, more than {cap}",
-                "lower requests, or sweep fewer levels or batch sizes"))  # fmt: skip
-    rate = scenarios.rate
-    run_seconds = spec.timeouts.run_seconds
-    if rate is not None and len(rate.requests_per_second) * rate.duration_seconds > run_seconds:
-        seconds = len(rate.requests_per_second) * rate.duration_seconds
-        problems.append(Problem("spec.scenarios.rate",
-            f"{len(rate.requests_per_second)} rates x durationSeconds {rate.duration_seconds:g} "
-            f"= {seconds:g} s, longer than timeouts.runSeconds {run_seconds}: the benchmark Job "
-            "would be stopped before it ends",
-            "list fewer rates, shorten durationSeconds or raise timeouts.runSeconds"))  # fmt: skip
     return problems
 
 
@@ -316,46 +185,6 @@ def _label_key_problems(selector: Mapping[str, str]) -> list[tuple[str, str]]:
             "use [prefix/]name: name up to 63 letters, digits, '-', '_' or '.', starting and "
             "ending with a letter or digit; prefix a DNS subdomain, e.g. nvidia.com/gpu.product",
         ))  # fmt: skip
-    return problems
-
-
-def _backend_placement_problems(
-    index: int, backend: api.Backend, pool_names: list[str]
-) -> list[Problem]:
-    """Rules of kind external and of a backend limited to some pools."""
-    at = f"spec.backends[{index}]"
-    problems = []
-    external = backend.kind is api.BackendKind.EXTERNAL
-    if external and backend.endpoint is None:
-        problems.append(Problem(f"{at}.endpoint", "kind external needs an endpoint",
-            "set endpoint: {httpUrl: http://HOST:8000, metricsUrl: http://HOST:8002/metrics}",
-        ))  # fmt: skip
-    if not external and backend.endpoint is not None:
-        problems.append(Problem(f"{at}.endpoint", "endpoint applies to kind external only",
-                                "remove it, or set kind: external"))  # fmt: skip
-    if external and backend.execution_provider is not None:
-        problems.append(Problem(f"{at}.executionProvider",
-            "an external backend is measured as it is; Bakeoff does not configure it",
-            "remove executionProvider"))  # fmt: skip
-    if external and backend.dynamic_batching is not None:
-        problems.append(Problem(f"{at}.dynamicBatching",
-            "an external backend is measured as it is; Bakeoff does not configure it",
-            "remove dynamicBatching"))  # fmt: skip
-    for pool_index, pool in enumerate(backend.pools or []):
-        if pool not in pool_names:
-            close = difflib.get_close_matches(pool, pool_names, n=1)
-            hint = (
-                f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(pool_names)}"
-            )
-            problems.append(Problem(f"{at}.pools[{pool_index}]", f"no pool named '{pool}'", hint))
-    if backend.pools is not None and not backend.pools:
-        problems.append(
-            Problem(
-                f"{at}.pools",
-                "an empty list measures this backend nowhere",
-                "list at least one pool, or remove pools to use every pool",
-            )
-        )
     return problems
 
 
@@ -379,12 +208,13 @@ def _cross_field_problems_despite(
     are dropped (to their default) or stood in for, and the rest checked, so that one pass
     reports everything. Problems at or under a path already reported are left out."""
     repaired = copy.deepcopy(document)
-    reported = [format_loc(e["loc"]) for e in error.errors(include_url=False)]
+    reported = [_problem(e).path for e in error.errors(include_url=False)]
     current: ValidationError | None = error
     for _ in range(_REPAIR_ROUNDS):
         assert current is not None
         for item in current.errors(include_url=False):
-            if not _repair(repaired, tuple(item["loc"]), missing=item["type"] == "missing"):
+            loc, kind = without_kind_tags(tuple(item["loc"]))
+            if not _repair(repaired, loc, kind, missing=item["type"] == "missing"):
                 return []
         try:
             suite = api.BenchmarkSuite.model_validate(repaired)
@@ -398,7 +228,7 @@ def _cross_field_problems_despite(
     return []
 
 
-def _repair(document: Any, loc: tuple[str | int, ...], missing: bool) -> bool:
+def _repair(document: Any, loc: Location, kind: api.BackendKind | None, missing: bool) -> bool:
     """Drop the value at `loc` (its default applies), or put a placeholder where the schema
     requires one. False when neither can be done (the cross-field pass is then skipped)."""
     for depth in range(len(loc), 0, -1):
@@ -409,7 +239,7 @@ def _repair(document: Any, loc: tuple[str | int, ...], missing: bool) -> bool:
             continue
         parent = _get(document, prefix[:-1])
         if isinstance(parent, dict) and prefix[-1] in parent:
-            required = _required_at(prefix)
+            required = _required_at(prefix, kind)
             if not required:
                 del parent[prefix[-1]]
                 return True
@@ -437,9 +267,9 @@ def _set(document: Any, loc: tuple[str | int, ...], value: Any) -> bool:
     return False
 
 
-def _required_at(loc: tuple[str | int, ...]) -> bool:
+def _required_at(loc: Location, kind: api.BackendKind | None) -> bool:
     """Whether the field at `loc` has no default (dropping it would only move the problem)."""
-    model = _model_at(loc)
+    model = _model_at(loc, kind)
     if model is None:
         return False
     field = next((f for n, f in model.model_fields.items() if loc[-1] in (n, f.alias)), None)

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from bakeoff import manifests, plan, validation
+from bakeoff.settings import OperatorSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
 # What each image's ENTRYPOINT must be: the manifests pass arguments only.
@@ -105,13 +108,21 @@ def test_copy_sources_exist(name: str) -> None:
 
 def test_manifests_pass_arguments_that_follow_these_entrypoints() -> None:
     """The manifests never repeat the entrypoint: the Job's args start with --config-env,
-    backend args with a bakeoff_serve subcommand."""
-    source = (ROOT / "operator" / "bakeoff" / "manifests.py").read_text()
-    assert '["--config-env", "BAKEOFF_BENCH_CONFIG", "--publish"]' in source
-    assert '"pytorch", "--model-name"' in source
-    assert '"triton-prep", "--model-name"' in source
-    assert '["triton", "--repo", "/models"' in source
-    assert "python -m" not in source
+    backend args with a bakeoff_serve subcommand (on a GPU pool, NVIDIA's Triton image runs
+    `tritonserver`, its own entrypoint's binary)."""
+    suite = validation.load_suite(ROOT / "examples" / "cpu-mock.yaml")
+    settings = OperatorSettings(cpu_mock=True)
+    first_args = set()
+    for cell in plan.plan_cells(suite.spec):
+        deployment = manifests.build_backend_deployment(suite, "uid", cell, settings)
+        pod = deployment["spec"]["template"]["spec"]
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            first_args.add(container["args"][0])
+            assert "python" not in container["args"], container["args"]
+        job = manifests.build_bench_job(suite, "uid", cell, settings)
+        bench = job["spec"]["template"]["spec"]["containers"][0]
+        assert bench["args"] == ["--config-env", "BAKEOFF_BENCH_CONFIG", "--publish"]
+    assert first_args == {"pytorch", "triton-prep", "triton"}
 
 
 @pytest.mark.parametrize("name", sorted(ENTRYPOINTS))

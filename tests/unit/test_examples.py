@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bakeoff import plan, validation
+from bakeoff import api, plan, validation
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 
@@ -27,8 +27,9 @@ def test_cpu_mock_is_cpu_only_pytorch_vs_triton() -> None:
     kinds = {b.kind.value for b in suite.spec.backends}
     assert kinds == {"pytorch", "triton-onnx"}
     assert all(
-        b.execution_provider is None or b.execution_provider.value == "cpu"
+        b.execution_provider.value == "cpu"
         for b in suite.spec.backends
+        if isinstance(b, api.TritonOnnxBackend)
     )
 
 

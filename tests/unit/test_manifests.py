@@ -70,7 +70,7 @@ def test_triton_backend_prepares_its_repository_in_an_init_container() -> None:
     assert prep[prep.index("--format") + 1] == "native"
     assert prep[prep.index("--gpus") + 1] == "0"
     assert spec["containers"][0]["image"] == GPU.triton_image
-    service = manifests.build_backend_service(STUDY, UID, cells()["triton-onnx-trt-a100"])
+    service = manifests.build_backend_service(STUDY, UID, cells()["triton-onnx-trt-a100"], GPU)
     assert [p["name"] for p in service["spec"]["ports"]] == ["http", "grpc", "metrics"]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bakeoff import plan, validation
+from bakeoff.backends.base import warmup_batch_sizes
 from bakeoff.local import LocalRunError, choose_device, choose_pool
 from bakeoff_bench.config import Target
 
@@ -29,7 +30,8 @@ def test_cells_are_every_backend_on_every_pool_in_order() -> None:
 
 def test_warmup_covers_every_batch_size_the_suite_sends() -> None:
     backend = STUDY.spec.backends[0]
-    assert plan.warmup_batch_sizes(STUDY.spec, backend) == [1, 4, 8, 16, 32]
+    assert warmup_batch_sizes(STUDY.spec, backend.max_batch_size) == [1, 4, 8, 16, 32]
+    assert warmup_batch_sizes(STUDY.spec, 8) == [1, 4, 8]
 
 
 def test_bench_config_carries_the_suite_scenarios_and_seed() -> None:

@@ -395,7 +395,7 @@ def test_condition_transition_time_moves_only_on_change() -> None:
 
 
 def test_an_external_backend_is_benchmarked_without_deploying_anything() -> None:
-    external = api.Backend(
+    external = api.ExternalBackend(
         name="prod-triton", kind=api.BackendKind.EXTERNAL, pools=["a100"],
         endpoint=api.Endpoint(http_url="http://triton.ml:8000",
                               metrics_url="http://triton.ml:8002/metrics"),

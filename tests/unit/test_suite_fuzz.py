@@ -164,8 +164,8 @@ def valid_suites(draw: st.DrawFn) -> dict[str, Any]:
     }  # fmt: skip
     if draw(st.booleans()):
         scenarios["concurrencySweep"] = {
-            "levels": draw(st.lists(st.integers(1, 4096), min_size=1, max_size=8)),
-            "batchSizes": draw(st.lists(st.integers(1, 32), min_size=1, max_size=4)),
+            "levels": draw(st.lists(st.integers(1, 4096), min_size=1, max_size=8, unique=True)),
+            "batchSizes": draw(st.lists(st.integers(1, 32), min_size=1, max_size=4, unique=True)),
             "requests": draw(st.integers(1, 10_000)),
             "warmup": draw(st.integers(0, 1_000)),
         }
