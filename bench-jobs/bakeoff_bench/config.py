@@ -8,6 +8,7 @@ Every scenario is optional; a config without `steadyState`, `concurrencySweep`, 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import Field, model_validator
 
@@ -69,59 +70,126 @@ class SteadyState(StrictModel):
         return self
 
 
-def _check_sizes(name: str, sizes: list[int]) -> None:
-    bad = [b for b in sizes if b <= 0]
-    if bad:
-        raise ValueError(f"{name} must be positive, got {bad}")
-    if len(set(sizes)) != len(sizes):
-        raise ValueError(f"{name} must not repeat, got {sizes}")
+# Bounds of the values a scenario lists: the same in a suite (the CRD) and here, so that what
+# the API accepts the load generator accepts too.
+BatchSize = Annotated[int, Field(gt=0, le=1024)]
+ConcurrencyLevel = Annotated[int, Field(gt=0, le=4096)]
+RequestRate = Annotated[float, Field(gt=0, le=1_000_000)]
 
 
-class SingleScenario(StrictModel):
+def _unique(name: str, values: list[int]) -> None:
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} must not repeat, got {values}")
+
+
+# Each scenario comes in two layers. The `...Spec` model holds what a suite may ask for: the
+# API's `spec.scenarios` composes it, so its bounds, defaults and descriptions are the CRD's.
+# Its subclass adds the load generator's own knobs, which a suite leaves at their defaults.
+
+
+class SingleScenarioSpec(StrictModel):
     """Sequential single-image requests: the latency a lone user sees."""
 
     requests: int = Field(default=200, gt=0, le=1_000_000, description="Measured requests")
     warmup: int = Field(default=20, ge=0, le=100_000, description="Unmeasured requests first")
+
+
+class SingleScenario(SingleScenarioSpec):
     steady_state: SteadyState | None = Field(
         default=None, description="Windows instead of `requests`; overrides the top-level one"
     )
 
 
-class BatchSweepScenario(StrictModel):
+class BatchSweepScenarioSpec(StrictModel):
     """One request stream per batch size, to draw throughput and latency against batch size."""
 
-    batch_sizes: list[int] = Field(default=[1, 4, 8, 16, 32], min_length=1)
-    requests: int = Field(default=50, gt=0, le=1_000_000, description="Measured requests per size")
-    warmup: int = Field(default=5, ge=0, le=100_000, description="Unmeasured requests per size")
+    batch_sizes: list[BatchSize] = Field(
+        default_factory=lambda: [1, 4, 8, 16, 32],
+        min_length=1,
+        max_length=32,
+        description="Images per request, one stream each",
+    )
+    requests: int = Field(
+        default=50, gt=0, le=1_000_000, description="Measured requests per batch size"
+    )
+    warmup: int = Field(
+        default=5, ge=0, le=100_000, description="Unmeasured requests per batch size, first"
+    )
+
+
+class BatchSweepScenario(BatchSweepScenarioSpec):
     concurrency: int = Field(default=1, gt=0, le=1024, description="Requests in flight")
     steady_state: SteadyState | None = Field(
         default=None, description="Windows instead of `requests`; overrides the top-level one"
     )
 
     @model_validator(mode="after")
-    def _sizes_positive_and_unique(self) -> BatchSweepScenario:
-        _check_sizes("batchSizes", self.batch_sizes)
+    def _sizes_unique(self) -> BatchSweepScenario:
+        _unique("batchSizes", self.batch_sizes)
         return self
 
 
-class ConcurrencySweepScenario(StrictModel):
+class ConcurrencySweepScenarioSpec(StrictModel):
     """Closed loop at each concurrency level and batch size: the capacity curve."""
 
-    levels: list[int] = Field(min_length=1, max_length=32, description="Requests in flight")
-    batch_sizes: list[int] = Field(default=[1], min_length=1, max_length=32)
-    requests: int = Field(default=200, gt=0, le=1_000_000, description="Measured per point")
-    warmup: int = Field(default=20, ge=0, le=100_000, description="Unmeasured per point")
+    levels: list[ConcurrencyLevel] = Field(
+        min_length=1, max_length=32, description="Requests in flight, one point each"
+    )
+    batch_sizes: list[BatchSize] = Field(
+        default_factory=lambda: [1],
+        min_length=1,
+        max_length=32,
+        description="Images per request; every level is measured at each",
+    )
+    requests: int = Field(
+        default=200, gt=0, le=1_000_000, description="Measured requests per level and batch size"
+    )
+    warmup: int = Field(
+        default=20,
+        ge=0,
+        le=100_000,
+        description="Unmeasured requests per level and batch size, first",
+    )
+
+
+class ConcurrencySweepScenario(ConcurrencySweepScenarioSpec):
     steady_state: SteadyState | None = Field(
         default=None, description="Windows instead of `requests`; overrides the top-level one"
     )
 
     @model_validator(mode="after")
-    def _valid_points(self) -> ConcurrencySweepScenario:
-        _check_sizes("batchSizes", self.batch_sizes)
-        _check_sizes("levels", self.levels)
-        if max(self.levels) > 4096:
-            raise ValueError(f"levels must be at most 4096, got {max(self.levels)}")
+    def _points_unique(self) -> ConcurrencySweepScenario:
+        _unique("batchSizes", self.batch_sizes)
+        _unique("levels", self.levels)
         return self
+
+
+class RateScenarioSpec(StrictModel):
+    """Open loop: requests sent on a schedule, whatever the server's answers do."""
+
+    requests_per_second: list[RequestRate] = Field(
+        min_length=1, max_length=32, description="Rates to run, in order"
+    )
+    arrival: Arrival = Field(
+        default=Arrival.POISSON,
+        description="Sends evenly spaced (constant) or at random, as independent users send "
+        "(poisson)",
+    )
+    slo_p99_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="p99 latency objective: each rate reports whether it met it, and a suite "
+        "also searches for the highest rate that meets it",
+    )
+    duration_seconds: float = Field(
+        default=30, gt=0, le=3600, description="Seconds of measured schedule per rate"
+    )
+    max_in_flight: int = Field(
+        default=128,
+        gt=0,
+        le=65_536,
+        description="A send due while this many are in flight is dropped (and counted)",
+    )
 
 
 class MaxRateSearch(StrictModel):
@@ -133,25 +201,15 @@ class MaxRateSearch(StrictModel):
     )
 
 
-class RateScenario(StrictModel):
-    """Open loop: requests sent on a schedule, whatever the server's answers do."""
-
-    requests_per_second: list[float] = Field(
+class RateScenario(RateScenarioSpec):
+    # Unlike a suite, the load generator may be given no rates at all: the search picks them.
+    requests_per_second: list[RequestRate] = Field(
         default_factory=list, max_length=32, description="Rates to run, in order"
     )
-    arrival: Arrival = Arrival.POISSON
-    duration_seconds: float = Field(default=30, gt=0, le=3600, description="Measured schedule")
     warmup_seconds: float = Field(
         default=2, ge=0, le=600, description="Same schedule first, unmeasured (opens connections)"
     )
-    batch_size: int = Field(default=1, gt=0, le=1024)
-    slo_p99_ms: float | None = Field(default=None, gt=0, description="Latency objective")
-    max_in_flight: int = Field(
-        default=128,
-        gt=0,
-        le=65_536,
-        description="A send due while this many are in flight is dropped (and counted)",
-    )
+    batch_size: BatchSize = 1
     late_threshold_ms: float = Field(
         default=2.0,
         gt=0,
@@ -168,9 +226,6 @@ class RateScenario(StrictModel):
 
     @model_validator(mode="after")
     def _something_to_run(self) -> RateScenario:
-        bad = [r for r in self.requests_per_second if not 0 < r <= 1_000_000]
-        if bad:
-            raise ValueError(f"requestsPerSecond must be in (0, 1000000], got {bad}")
         if not self.requests_per_second and self.max_rate_search is None:
             raise ValueError("rate needs requestsPerSecond, maxRateSearch or both")
         if self.max_rate_search is not None and self.slo_p99_ms is None:

@@ -78,11 +78,6 @@ class CleanupPolicy(StrEnum):
     NEVER = "Never"
 
 
-class ArrivalProcess(StrEnum):
-    CONSTANT = "constant"
-    POISSON = "poisson"
-
-
 class ModelSource(StrictModel):
     builtin: BuiltinModel = Field(description="Architecture to serve (OpenCLIP ViT-B/32 tower)")
     weights: str | None = Field(
@@ -213,45 +208,15 @@ class NodePool(StrictModel):
     )
 
 
-class SingleScenario(StrictModel):
-    requests: int = Field(default=200, gt=0, le=1_000_000)
-    warmup: int = Field(default=20, ge=0, le=100_000)
-
-
-class BatchSweepScenario(StrictModel):
-    batch_sizes: list[Annotated[int, Field(gt=0, le=1024)]] = Field(
-        default_factory=lambda: [1, 4, 8, 16, 32], min_length=1, max_length=32
-    )
-    requests: int = Field(default=50, gt=0, le=1_000_000, description="Measured per batch size")
-    warmup: int = Field(default=5, ge=0, le=100_000)
-
-
-class ConcurrencySweepScenario(StrictModel):
-    levels: list[Annotated[int, Field(gt=0, le=4096)]] = Field(min_length=1, max_length=32)
-    batch_sizes: list[Annotated[int, Field(gt=0, le=1024)]] = Field(
-        default_factory=lambda: [1], min_length=1, max_length=32
-    )
-    requests: int = Field(default=200, gt=0, le=1_000_000, description="Measured per level")
-    warmup: int = Field(default=20, ge=0, le=100_000)
-
-
-class RateScenario(StrictModel):
-    requests_per_second: list[Annotated[float, Field(gt=0, le=1_000_000)]] = Field(
-        min_length=1, max_length=32
-    )
-    arrival: ArrivalProcess = ArrivalProcess.POISSON
-    slo_p99_ms: float | None = Field(
-        default=None, gt=0, description="Also search the highest rate whose p99 meets this"
-    )
-    duration_seconds: float = Field(default=30, gt=0, le=3600)
-    max_in_flight: int = Field(default=128, gt=0, le=65_536)
-
-
 class Scenarios(StrictModel):
-    single: SingleScenario | None = Field(default_factory=SingleScenario)
-    batch_sweep: BatchSweepScenario | None = Field(default_factory=BatchSweepScenario)
-    concurrency_sweep: ConcurrencySweepScenario | None = None
-    rate: RateScenario | None = None
+    single: bench_config.SingleScenarioSpec | None = Field(
+        default_factory=bench_config.SingleScenarioSpec
+    )
+    batch_sweep: bench_config.BatchSweepScenarioSpec | None = Field(
+        default_factory=bench_config.BatchSweepScenarioSpec
+    )
+    concurrency_sweep: bench_config.ConcurrencySweepScenarioSpec | None = None
+    rate: bench_config.RateScenarioSpec | None = None
     steady_state: bench_config.SteadyState | None = Field(
         default=None, description="Window-based measurement for every closed-loop scenario"
     )

@@ -6,10 +6,15 @@ Pure: no I/O. The local runner and (later) the operator both start from `plan_ce
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from bakeoff import api
 from bakeoff_bench import config as bench_config
 from bakeoff_serve.model_configs import BUILTIN_MODELS
+
+ScenarioT = TypeVar("ScenarioT", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -45,47 +50,36 @@ def build_bench_config(
 ) -> bench_config.BenchConfig:
     """The load generator's input for one cell: the same scenarios for every backend."""
     scenarios = suite.spec.scenarios
-    single = sweep = concurrency = rate = None
-    if scenarios.single is not None:
-        single = bench_config.SingleScenario(
-            requests=scenarios.single.requests, warmup=scenarios.single.warmup
-        )
-    if scenarios.batch_sweep is not None:
-        sweep = bench_config.BatchSweepScenario(
-            batch_sizes=list(scenarios.batch_sweep.batch_sizes),
-            requests=scenarios.batch_sweep.requests,
-            warmup=scenarios.batch_sweep.warmup,
-        )
-    if scenarios.concurrency_sweep is not None:
-        concurrency = bench_config.ConcurrencySweepScenario(
-            levels=list(scenarios.concurrency_sweep.levels),
-            batch_sizes=list(scenarios.concurrency_sweep.batch_sizes),
-            requests=scenarios.concurrency_sweep.requests,
-            warmup=scenarios.concurrency_sweep.warmup,
-        )
-    if scenarios.rate is not None:
-        rate = bench_config.RateScenario(
-            requests_per_second=list(scenarios.rate.requests_per_second),
-            arrival=bench_config.Arrival(scenarios.rate.arrival.value),
-            duration_seconds=scenarios.rate.duration_seconds,
-            slo_p99_ms=scenarios.rate.slo_p99_ms,
-            max_in_flight=scenarios.rate.max_in_flight,
-            max_rate_search=(
-                bench_config.MaxRateSearch() if scenarios.rate.slo_p99_ms is not None else None
-            ),
-        )
+    rate = scenarios.rate
+    # A suite's sloP99Ms asks for the highest rate that meets it as well; the load generator
+    # searches only when asked to.
+    searched = rate is not None and rate.slo_p99_ms is not None
     return bench_config.BenchConfig(
         suite=suite.metadata.name,
         backend=cell.backend.name,
         pool=cell.pool.name,
         target=target,
-        single=single,
-        batch_sweep=sweep,
-        concurrency_sweep=concurrency,
-        rate=rate,
+        single=_as_bench_scenario(bench_config.SingleScenario, scenarios.single),
+        batch_sweep=_as_bench_scenario(bench_config.BatchSweepScenario, scenarios.batch_sweep),
+        concurrency_sweep=_as_bench_scenario(
+            bench_config.ConcurrencySweepScenario, scenarios.concurrency_sweep
+        ),
+        rate=_as_bench_scenario(
+            bench_config.RateScenario,
+            rate,
+            max_rate_search=bench_config.MaxRateSearch() if searched else None,
+        ),
         steady_state=scenarios.steady_state,
         workers=scenarios.workers,
         seed=suite.spec.model.seed,
         # An external backend is waited for here (a deployed one is ready before its Job).
         ready_timeout_s=float(suite.spec.timeouts.ready_seconds),
     )
+
+
+def _as_bench_scenario(
+    scenario: type[ScenarioT], spec: BaseModel | None, **knobs: object
+) -> ScenarioT | None:
+    """A suite's scenario spec as the load generator runs it: the spec's fields as they are,
+    the load generator's own knobs at their defaults unless given."""
+    return None if spec is None else scenario.model_validate({**dict(spec), **knobs})

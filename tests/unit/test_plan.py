@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bakeoff import plan, validation
 from bakeoff.backends.base import warmup_batch_sizes
@@ -59,6 +60,16 @@ def test_every_scenario_of_the_suite_reaches_the_load_generator() -> None:
     assert config.rate is not None and config.rate.requests_per_second == [50, 100]
     assert config.rate.arrival.value == "poisson"
     assert config.rate.slo_p99_ms == 50 and config.rate.max_rate_search is not None
+
+
+def test_a_rate_without_an_slo_runs_its_rates_and_searches_nothing() -> None:
+    document = yaml.safe_load((EXAMPLES / "rtx4080-vs-a100.yaml").read_text())
+    del document["spec"]["scenarios"]["rate"]["sloP99Ms"]
+    suite = validation.parse_suite(document)
+    target = Target(http_url="http://127.0.0.1:1", model_name="openclip-vit-b32")
+    config = plan.build_bench_config(suite, plan.plan_cells(suite.spec)[0], target)
+    assert config.rate is not None and config.rate.requests_per_second == [50, 100]
+    assert config.rate.max_rate_search is None
 
 
 def test_a_backend_limited_to_some_pools_gets_cells_there_only() -> None:

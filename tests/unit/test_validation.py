@@ -75,6 +75,14 @@ CASES = [
         "spec.scenarios.single.requests",
         "greater than 0",
     ),
+    (
+        # The load generator's own knobs are not part of the API: a suite leaves them default.
+        "load-generator-knob-in-a-suite",
+        "spec.scenarios.rate.warmupSeconds",
+        0,
+        "spec.scenarios.rate.warmupSeconds",
+        "Extra inputs",
+    ),
     ("empty-backends", "spec.backends", [], "spec.backends", "at least 1"),
     ("empty-pools", "spec.nodePools", [], "spec.nodePools", "at least 1"),
     ("bad-name", "metadata.name", "Not_A_Name", "metadata.name", "pattern"),
