@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, NoReturn
 
+from bakeoff_serve.options import Precision, WireInput
+
 # model_prep.Runtime, restated so `--help` need not import model_prep (it imports torch).
 _PrepRuntime = Literal["python-backend", "onnxruntime-native"]
 
@@ -109,7 +111,9 @@ def _add_pytorch(subparsers: argparse._SubParsersAction[_Parser]) -> None:
     parser.add_argument("--weights", type=Path, default=None, help="state dict (default: random)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init (default 0)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    parser.add_argument(
+        "--precision", choices=[p.value for p in Precision], default=Precision.FP32.value
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address both ports bind")
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--grpc-port", type=int, required=True)
@@ -122,7 +126,7 @@ def _add_pytorch(subparsers: argparse._SubParsersAction[_Parser]) -> None:
         "batch bucket is warmed and captured anyway)",
     )
     parser.add_argument(
-        "--input-format", choices=["fp32", "uint8", "jpeg"], default="fp32",
+        "--input-format", choices=[w.value for w in WireInput], default=WireInput.FP32.value,
         help="wire input: FP32 in [0, 1], UINT8 in [0, 255] scaled on the device, or one "
         "JPEG file per image (BYTES; nvJPEG on the GPU with torchvision, else Pillow)",
     )  # fmt: skip
