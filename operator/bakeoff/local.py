@@ -142,9 +142,9 @@ def backend_command(
             spec.model.seed,
             cache_dir or tritonserver.default_cache_dir(),
             max_batch_size=backend.max_batch_size,
-            execution_provider=backend.execution_provider.value,
+            execution_provider=backend.execution_provider,
             # check_suite allows triton-onnx only fp32, or fp16 with TensorRT.
-            precision="fp16" if backend.precision is api.Precision.FP16 else "fp32",
+            precision=backend.precision,
             preferred_batch_sizes=batching.preferred_batch_sizes,
             max_queue_delay_us=batching.max_queue_delay_microseconds,
             warmup_batch_sizes=plan.warmup_batch_sizes(spec, backend),
