@@ -44,6 +44,7 @@ from bakeoff import analysis
 from bakeoff_bench import payloads, runner
 from bakeoff_bench.config import BenchConfig, ConcurrencySweepScenario, Target
 from bakeoff_serve import device_runner, launch, model, process, triton_repo
+from bakeoff_serve.options import Precision
 
 MIN_COSINE: Final = 0.999  # the parity gate's default (api.Parity.min_cosine)
 MAX_BATCH: Final = 32
@@ -451,7 +452,7 @@ def measure_served_triton(
         serve_dir = Path(__file__).resolve().parents[1] / "images" / "serve"
         triton_repo.write_pytorch_backend_repository(
             repo, MODEL_NAME, builtin=builtin, seed=SEED, weights=None,
-            max_batch_size=MAX_BATCH, precision="fp16", gpus=[0],
+            max_batch_size=MAX_BATCH, precision=Precision.FP16, gpus=[0],
             preferred_batch_sizes=[], max_queue_delay_us=0, python_path=[str(serve_dir)],
             warmup_batch_sizes=[1, 8, 32],
         )  # fmt: skip

@@ -40,6 +40,7 @@ import aiohttp
 from bakeoff_bench import runner, server_metrics
 from bakeoff_bench.config import BenchConfig
 from bakeoff_serve import launch, model, onnx_export, process, triton_repo
+from bakeoff_serve.options import ExecutionProvider
 
 TRITONCLIENT: Final = "tritonclient==2.51.0"
 CUDA_RUNTIME: Final = "nvidia-cuda-runtime-cu12"
@@ -206,12 +207,13 @@ def main() -> int:
         config = model.BUILTIN_MODELS[BUILTIN]
         onnx = onnx_export.prepare_onnx(BUILTIN, None, 0, CACHE / "onnx")
         repo = work / "repo"
-        triton_repo.write_python_backend_repository(
-            repo, MODEL_NAME, onnx, max_batch_size=8, execution_provider="cpu",
-            image_size=config.image_size, embed_dim=config.embed_dim,
-            preferred_batch_sizes=[4, 8], max_queue_delay_us=MAX_QUEUE_DELAY_US,
-            warmup_batch_sizes=[1],
+        options = triton_repo.TritonModelOptions(
+            model_name=MODEL_NAME, image_size=config.image_size, embed_dim=config.embed_dim,
+            max_batch_size=8, execution_provider=ExecutionProvider.CPU,
+            preferred_batch_sizes=(4, 8), max_queue_delay_us=MAX_QUEUE_DELAY_US,
+            warmup_batch_sizes=(1,),
         )  # fmt: skip
+        triton_repo.write_python_backend_repository(repo, options, onnx)
         http_port, grpc_port, metrics_port = (process.free_port() for _ in range(3))
         command = launch.triton_server_command(repo, http_port, grpc_port, metrics_port,
                                                cache_dir=CACHE)  # fmt: skip

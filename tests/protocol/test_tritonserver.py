@@ -28,6 +28,7 @@ from triton_fixtures import (
 )
 
 from bakeoff_serve import launch, model, process, triton_repo, tritonserver
+from bakeoff_serve.options import ExecutionProvider
 
 pytestmark = pytest.mark.protocol
 
@@ -223,17 +224,14 @@ def test_cuda_provider_on_a_cpu_machine_fails_the_start_and_names_the_provider(
     tmp_path: Path, triton_onnx: Path, triton_cache_dir: Path
 ) -> None:
     repo_dir = tmp_path / "repo"
-    triton_repo.write_python_backend_repository(
-        repo_dir,
-        "clip-cuda",
-        triton_onnx,
-        max_batch_size=4,
-        execution_provider="cuda",
+    options = triton_repo.TritonModelOptions(
+        model_name="clip-cuda",
         image_size=IMAGE_SIZE,
         embed_dim=EMBED_DIM,
-        preferred_batch_sizes=[],
-        max_queue_delay_us=0,
+        max_batch_size=4,
+        execution_provider=ExecutionProvider.CUDA,
     )
+    triton_repo.write_python_backend_repository(repo_dir, options, triton_onnx)
     command = launch.triton_server_command(repo_dir, *free_ports(3), cache_dir=triton_cache_dir)
     log_path = tmp_path / "tritonserver.log"
     with (

@@ -20,6 +20,7 @@ import pytest
 from endpoints import LoopbackServer
 
 from bakeoff_serve import launch, model, onnx_export, process, triton_repo, tritonserver
+from bakeoff_serve.options import ExecutionProvider
 
 __all__ = [
     "TRITON_BUILTIN",
@@ -89,18 +90,17 @@ def triton_server(
     http_port, grpc_port, metrics_port = free_ports(3)
     max_batch_size, preferred, delay_us = 8, (4, 8), 20_000
     repo_dir = work / "repo"
-    triton_repo.write_python_backend_repository(
-        repo_dir,
-        TRITON_MODEL_NAME,
-        triton_onnx,
-        max_batch_size=max_batch_size,
-        execution_provider="cpu",
+    options = triton_repo.TritonModelOptions(
+        model_name=TRITON_MODEL_NAME,
         image_size=config.image_size,
         embed_dim=config.embed_dim,
+        max_batch_size=max_batch_size,
+        execution_provider=ExecutionProvider.CPU,
         preferred_batch_sizes=preferred,
         # Long enough that concurrent requests reliably meet in one batch on a busy CI box.
         max_queue_delay_us=delay_us,
     )
+    triton_repo.write_python_backend_repository(repo_dir, options, triton_onnx)
     command = launch.triton_server_command(
         repo_dir, http_port, grpc_port, metrics_port, cache_dir=triton_cache_dir
     )

@@ -12,8 +12,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from bakeoff_serve import model_prep, triton_native
+from bakeoff_serve.options import ExecutionProvider, Precision
+from bakeoff_serve.triton_repo import TritonModelOptions
 
 CACHE = "/models/clip/trt-cache"
+OPTION_FIELDS = set(TritonModelOptions.__dataclass_fields__)
 
 
 def parse(text: str) -> Any:
@@ -21,12 +24,14 @@ def parse(text: str) -> Any:
 
 
 def config_text(**overrides: Any) -> str:
+    """The config for these overrides, each going to the options or to the builder."""
     kwargs: dict[str, Any] = {
+        "model_name": "clip",
         "max_batch_size": 32,
-        "execution_provider": "tensorrt",
-        "precision": "fp32",
-        "batch_sizes": [1, 8, 32],
-        "preferred_batch_sizes": [8, 16],
+        "execution_provider": ExecutionProvider.TENSORRT,
+        "precision": Precision.FP32,
+        "warmup_batch_sizes": (1, 8, 32),
+        "preferred_batch_sizes": (8, 16),
         "max_queue_delay_us": 100,
         "gpus": [0],
         "image_size": 224,
@@ -34,7 +39,9 @@ def config_text(**overrides: Any) -> str:
         "trt_cache_dir": CACHE,
     }
     kwargs.update(overrides)
-    return triton_native.build_onnxruntime_config("clip", **kwargs)
+    options = TritonModelOptions(**{k: v for k, v in kwargs.items() if k in OPTION_FIELDS})
+    builder_kwargs = {k: v for k, v in kwargs.items() if k not in OPTION_FIELDS}
+    return triton_native.build_onnxruntime_config(options, **builder_kwargs)
 
 
 def accelerator_params(config: Any) -> dict[str, str]:
@@ -45,24 +52,28 @@ def accelerator_params(config: Any) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     ("provider", "precision"),
-    [("cuda", "fp32"), ("tensorrt", "fp32"), ("tensorrt", "fp16")],
+    [
+        (ExecutionProvider.CUDA, Precision.FP32),
+        (ExecutionProvider.TENSORRT, Precision.FP32),
+        (ExecutionProvider.TENSORRT, Precision.FP16),
+    ],
 )
 @pytest.mark.parametrize(
     ("max_batch", "batch_sizes", "preferred", "delay_us", "gpus"),
     [
-        (1, [1], [], 0, [0]),
-        (8, [1, 4, 8], [4, 8], 100, [0]),
-        (32, [1, 16, 32], [8, 16, 32], 5000, [0, 1]),
-        (64, [2, 64], [1], 250, [0, 1, 2, 3]),
+        (1, (1,), (), 0, [0]),
+        (8, (1, 4, 8), (4, 8), 100, [0]),
+        (32, (1, 16, 32), (8, 16, 32), 5000, [0, 1]),
+        (64, (2, 64), (1,), 250, [0, 1, 2, 3]),
     ],
     ids=["no-batching", "small", "large-2gpu", "4gpu"],
 )
 def test_config_parses_as_triton_model_config_with_what_was_asked(
-    provider: str,
-    precision: str,
+    provider: ExecutionProvider,
+    precision: Precision,
     max_batch: int,
-    batch_sizes: list[int],
-    preferred: list[int],
+    batch_sizes: tuple[int, ...],
+    preferred: tuple[int, ...],
     delay_us: int,
     gpus: list[int],
 ) -> None:
@@ -71,7 +82,7 @@ def test_config_parses_as_triton_model_config_with_what_was_asked(
             execution_provider=provider,
             precision=precision,
             max_batch_size=max_batch,
-            batch_sizes=batch_sizes,
+            warmup_batch_sizes=batch_sizes,
             preferred_batch_sizes=preferred,
             max_queue_delay_us=delay_us,
             gpus=gpus,
@@ -99,7 +110,7 @@ def test_config_parses_as_triton_model_config_with_what_was_asked(
         assert tensor.zero_data
     assert config.parameters["execution_provider"].string_value == provider
     assert config.parameters["precision"].string_value == precision
-    if provider == "cuda":
+    if provider == ExecutionProvider.CUDA:
         # KIND_GPU without an accelerator is the backend's CUDA execution provider.
         assert not config.HasField("optimization")
         assert "CUDAExecutionProvider" in config.parameters["runtime"].string_value
@@ -128,14 +139,17 @@ def test_tensorrt_workspace_and_cache_dir_are_written_as_given() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"execution_provider": "cpu"}, "not one of cuda, tensorrt"),
-        ({"execution_provider": "cuda", "precision": "fp16"}, "needs executionProvider"),
-        ({"precision": "bf16"}, "precision 'bf16'"),
+        ({"execution_provider": ExecutionProvider.CPU}, "not one of cuda, tensorrt"),
+        (
+            {"execution_provider": ExecutionProvider.CUDA, "precision": Precision.FP16},
+            "needs executionProvider",
+        ),
+        ({"precision": Precision.BF16}, "precision 'bf16'"),
         ({"gpus": []}, "at least one GPU"),
         ({"gpus": [0, 0]}, "distinct"),
         ({"gpus": [-1]}, "distinct"),
-        ({"batch_sizes": [64]}, "outside 1..max_batch_size=32"),
-        ({"preferred_batch_sizes": [0]}, "outside 1..max_batch_size=32"),
+        ({"warmup_batch_sizes": (64,)}, "outside 1..max_batch_size=32"),
+        ({"preferred_batch_sizes": (0,)}, "outside 1..max_batch_size=32"),
         ({"max_queue_delay_us": -1}, "max_queue_delay_us"),
         ({"trt_workspace_bytes": 0}, "trt_workspace_bytes"),
         ({"trt_cache_dir": "relative/cache"}, "absolute"),
@@ -150,11 +164,12 @@ def test_write_native_repository_lays_out_config_model_and_cache(tmp_path: Path)
     onnx = tmp_path / "export.onnx"
     onnx.write_bytes(b"onnx")
     repo = tmp_path / "models"
-    model_dir = triton_native.write_native_repository(
-        repo, "clip", onnx, max_batch_size=8, execution_provider="tensorrt",
-        batch_sizes=[1, 8], preferred_batch_sizes=[8], max_queue_delay_us=0, gpus=[0],
-        image_size=32, embed_dim=16,
+    options = TritonModelOptions(
+        model_name="clip", image_size=32, embed_dim=16, max_batch_size=8,
+        execution_provider=ExecutionProvider.TENSORRT, preferred_batch_sizes=(8,),
+        warmup_batch_sizes=(1, 8),
     )  # fmt: skip
+    model_dir = triton_native.write_native_repository(repo, options, onnx, gpus=[0])
     assert model_dir == repo / "clip"
     assert sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*")) == [
         "1",
@@ -170,9 +185,13 @@ def test_write_native_repository_lays_out_config_model_and_cache(tmp_path: Path)
 def test_write_native_repository_needs_the_onnx_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="export it first"):
         triton_native.write_native_repository(
-            tmp_path, "clip", tmp_path / "missing.onnx", max_batch_size=8,
-            execution_provider="cuda", batch_sizes=[1], preferred_batch_sizes=[],
-            max_queue_delay_us=0, gpus=[0], image_size=32, embed_dim=16,
+            tmp_path,
+            TritonModelOptions(
+                model_name="clip", image_size=32, embed_dim=16, max_batch_size=8,
+                execution_provider=ExecutionProvider.CUDA, warmup_batch_sizes=(1,),
+            ),
+            tmp_path / "missing.onnx",
+            gpus=[0],
         )  # fmt: skip
 
 
@@ -180,7 +199,7 @@ def test_prepare_refuses_native_on_cpu_before_exporting(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs execution provider cuda or tensorrt"):
         model_prep.prepare_triton_repository(
             tmp_path / "models", "clip", "vit-tiny-clip", None, 0, tmp_path / "cache",
-            max_batch_size=8, execution_provider="cpu", precision="fp32",
+            max_batch_size=8, execution_provider=ExecutionProvider.CPU, precision=Precision.FP32,
             preferred_batch_sizes=[], max_queue_delay_us=0, warmup_batch_sizes=[1],
             runtime="onnxruntime-native",
         )  # fmt: skip

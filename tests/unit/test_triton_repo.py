@@ -3,6 +3,7 @@ tritonserver command line, all without starting a server (tests/protocol does th
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import json
@@ -17,8 +18,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from bakeoff_serve import model, triton_repo, tritonserver
+from bakeoff_serve.options import ExecutionProvider, Precision
+from bakeoff_serve.triton_repo import TritonModelOptions
 
 ORT_VERSION = "1.32.0"
+OPTION_FIELDS = set(TritonModelOptions.__dataclass_fields__)
 
 
 def parse(text: str) -> Any:
@@ -27,31 +31,34 @@ def parse(text: str) -> Any:
 
 
 def config_text(**overrides: Any) -> str:
+    """The config for these overrides, each going to the options or to the builder."""
     kwargs: dict[str, Any] = {
+        "model_name": "clip",
         "max_batch_size": 8,
-        "execution_provider": "cpu",
+        "execution_provider": ExecutionProvider.CPU,
         "image_size": 224,
         "embed_dim": 512,
-        "preferred_batch_sizes": [4, 8],
+        "preferred_batch_sizes": (4, 8),
         "max_queue_delay_us": 100,
         "onnxruntime_version": ORT_VERSION,
     }
     kwargs.update(overrides)
-    name = kwargs.pop("model_name", "clip")
-    return triton_repo.build_python_backend_config(name, **kwargs)
+    options = TritonModelOptions(**{k: v for k, v in kwargs.items() if k in OPTION_FIELDS})
+    builder_kwargs = {k: v for k, v in kwargs.items() if k not in OPTION_FIELDS}
+    return triton_repo.build_python_backend_config(options, **builder_kwargs)
 
 
 # --- config.pbtxt ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("provider", ["cpu", "cuda", "tensorrt"])
+@pytest.mark.parametrize("provider", list(ExecutionProvider))
 @pytest.mark.parametrize(
     ("max_batch", "preferred", "delay_us"),
-    [(1, [], 0), (8, [4, 8], 100), (32, [8, 16, 32], 5000), (64, [1], 250)],
+    [(1, (), 0), (8, (4, 8), 100), (32, (8, 16, 32), 5000), (64, (1,), 250)],
     ids=["no-batching", "small", "large", "preferred-one"],
 )
 def test_config_parses_as_triton_model_config_with_what_was_asked(
-    provider: str, max_batch: int, preferred: list[int], delay_us: int
+    provider: ExecutionProvider, max_batch: int, preferred: tuple[int, ...], delay_us: int
 ) -> None:
     config = parse(
         config_text(
@@ -76,7 +83,7 @@ def test_config_parses_as_triton_model_config_with_what_was_asked(
         model_config_pb2.TYPE_FP32,
         [512],
     )
-    assert list(config.dynamic_batching.preferred_batch_size) == preferred
+    assert list(config.dynamic_batching.preferred_batch_size) == list(preferred)
     assert config.dynamic_batching.max_queue_delay_microseconds == delay_us
     (group,) = config.instance_group
     assert (group.kind, group.count) == (model_config_pb2.ModelInstanceGroup.KIND_CPU, 2)
@@ -92,7 +99,7 @@ def test_config_parses_as_triton_model_config_with_what_was_asked(
 
 
 def test_warmup_entries_send_zero_images_of_the_model_input_shape() -> None:
-    config = parse(config_text(warmup_batch_sizes=[2, 2, 6]))
+    config = parse(config_text(warmup_batch_sizes=(2, 2, 6)))
     assert [w.batch_size for w in config.model_warmup] == [2, 6]
     for warmup in config.model_warmup:
         tensor = warmup.inputs[model.INPUT_NAME]
@@ -101,8 +108,8 @@ def test_warmup_entries_send_zero_images_of_the_model_input_shape() -> None:
 
 
 def test_empty_warmup_list_writes_no_model_warmup() -> None:
-    assert "model_warmup" not in config_text(warmup_batch_sizes=[])
-    assert len(parse(config_text(warmup_batch_sizes=[])).model_warmup) == 0
+    assert "model_warmup" not in config_text(warmup_batch_sizes=())
+    assert len(parse(config_text(warmup_batch_sizes=())).model_warmup) == 0
 
 
 def test_optional_parameters_appear_only_when_set() -> None:
@@ -113,7 +120,9 @@ def test_optional_parameters_appear_only_when_set() -> None:
 
 
 def test_tensorrt_fp16_is_recorded_in_the_runtime() -> None:
-    config = parse(config_text(execution_provider="tensorrt", precision="fp16"))
+    config = parse(
+        config_text(execution_provider=ExecutionProvider.TENSORRT, precision=Precision.FP16)
+    )
     assert config.parameters["precision"].string_value == "fp16"
     assert config.parameters["runtime"].string_value == (
         f"onnxruntime {ORT_VERSION} TensorrtExecutionProvider fp16 via Triton python backend"
@@ -123,17 +132,19 @@ def test_tensorrt_fp16_is_recorded_in_the_runtime() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
+        # A plain string, as an untyped caller would pass it.
         ({"execution_provider": "rocm"}, "execution provider 'rocm' is not one of"),
         (
-            {"preferred_batch_sizes": [4, 16]},
+            {"preferred_batch_sizes": (4, 16)},
             r"preferred batch sizes \[16\] are outside 1..max_batch",
         ),
-        ({"preferred_batch_sizes": [4, 4]}, r"preferred batch sizes repeat: \[4, 4\]"),
-        ({"warmup_batch_sizes": [0]}, r"warm-up batch sizes \[0\] are outside"),
-        ({"max_batch_size": 0, "preferred_batch_sizes": []}, "max_batch_size must be >= 1"),
+        ({"preferred_batch_sizes": (4, 4)}, r"preferred batch sizes repeat: \[4, 4\]"),
+        ({"warmup_batch_sizes": (0,)}, r"warm-up batch sizes \[0\] are outside"),
+        ({"max_batch_size": 0, "preferred_batch_sizes": ()}, "max_batch_size must be >= 1"),
         ({"max_queue_delay_us": -1}, "max_queue_delay_us must be >= 0, got -1"),
         ({"instance_count": 0}, "instance_count must be >= 1, got 0"),
-        ({"precision": "fp16"}, "precision 'fp16' needs executionProvider 'tensorrt'"),
+        ({"precision": Precision.FP16}, "precision 'fp16' needs executionProvider 'tensorrt'"),
+        ({"precision": Precision.BF16}, "precision 'bf16' is not one of fp32, fp16"),
         ({"model_name": "clip/../x"}, "model name 'clip/../x' must match"),
         ({"intra_op_threads": 0}, "intra_op_threads must be >= 1"),
         ({"onnxruntime_version": 'x"\n'}, "printable ASCII"),
@@ -157,17 +168,17 @@ def test_repository_layout_holds_config_model_py_and_the_onnx_file(tmp_path: Pat
     onnx.with_suffix(".json").write_text(
         json.dumps({"provenance": "vit-tiny-clip, seeded random init (seed=7)", "opset": 17})
     )
-    model_dir = triton_repo.write_python_backend_repository(
-        tmp_path / "repo",
-        "clip-tiny",
-        onnx,
-        max_batch_size=4,
-        execution_provider="cuda",
+    options = TritonModelOptions(
+        model_name="clip-tiny",
         image_size=224,
         embed_dim=512,
-        preferred_batch_sizes=[2, 4],
+        max_batch_size=4,
+        execution_provider=ExecutionProvider.CUDA,
+        preferred_batch_sizes=(2, 4),
         max_queue_delay_us=50,
-        onnxruntime_version=ORT_VERSION,
+    )
+    model_dir = triton_repo.write_python_backend_repository(
+        tmp_path / "repo", options, onnx, onnxruntime_version=ORT_VERSION
     )
     assert model_dir == tmp_path / "repo" / "clip-tiny"
     files = sorted(str(p.relative_to(model_dir)) for p in model_dir.rglob("*") if p.is_file())
@@ -185,21 +196,24 @@ def test_repository_layout_holds_config_model_py_and_the_onnx_file(tmp_path: Pat
 def test_rewriting_a_repository_replaces_its_files(tmp_path: Path) -> None:
     onnx = tmp_path / "a.onnx"
     onnx.write_bytes(b"first")
-    kwargs: dict[str, Any] = {
-        "max_batch_size": 4,
-        "execution_provider": "cpu",
-        "image_size": 224,
-        "embed_dim": 512,
-        "preferred_batch_sizes": [],
-        "max_queue_delay_us": 0,
-        "onnxruntime_version": ORT_VERSION,
-    }
-    triton_repo.write_python_backend_repository(tmp_path / "repo", "m", onnx, **kwargs)
+    options = TritonModelOptions(
+        model_name="m",
+        image_size=224,
+        embed_dim=512,
+        max_batch_size=4,
+        execution_provider=ExecutionProvider.CPU,
+    )
+    repo = tmp_path / "repo"
+    triton_repo.write_python_backend_repository(
+        repo, options, onnx, onnxruntime_version=ORT_VERSION
+    )
     second = tmp_path / "b.onnx"
     second.write_bytes(b"second")
-    kwargs["max_batch_size"] = 2
     model_dir = triton_repo.write_python_backend_repository(
-        tmp_path / "repo", "m", second, **kwargs
+        repo,
+        dataclasses.replace(options, max_batch_size=2),
+        second,
+        onnxruntime_version=ORT_VERSION,
     )
     assert (model_dir / "1" / "model.onnx").read_bytes() == b"second"
     assert onnx.read_bytes() == b"first"  # a hard link is replaced, never written through
@@ -210,14 +224,14 @@ def test_missing_onnx_file_is_reported_before_anything_is_written(tmp_path: Path
     with pytest.raises(FileNotFoundError, match="export it first"):
         triton_repo.write_python_backend_repository(
             tmp_path / "repo",
-            "m",
+            TritonModelOptions(
+                model_name="m",
+                image_size=224,
+                embed_dim=512,
+                max_batch_size=1,
+                execution_provider=ExecutionProvider.CPU,
+            ),
             tmp_path / "missing.onnx",
-            max_batch_size=1,
-            execution_provider="cpu",
-            image_size=224,
-            embed_dim=512,
-            preferred_batch_sizes=[],
-            max_queue_delay_us=0,
             onnxruntime_version=ORT_VERSION,
         )
     assert not (tmp_path / "repo").exists()
@@ -435,7 +449,7 @@ def test_command_makes_a_relative_repository_absolute(
 def test_pytorch_runtime_config_places_one_instance_on_each_gpu() -> None:
     text = triton_repo.build_pytorch_backend_config(
         "vit", builtin="vit-b32-clip", seed=3, weights=None, max_batch_size=32,
-        precision="fp16", gpus=[0, 1], preferred_batch_sizes=[], max_queue_delay_us=50,
+        precision=Precision.FP16, gpus=[0, 1], preferred_batch_sizes=[], max_queue_delay_us=50,
         torch_version="2.11.0", python_path=["/src/images/serve"], warmup_batch_sizes=[1, 32],
     )  # fmt: skip
     config = parse(text)
@@ -454,6 +468,6 @@ def test_pytorch_runtime_needs_a_gpu() -> None:
     with pytest.raises(ValueError, match="at least one GPU"):
         triton_repo.build_pytorch_backend_config(
             "vit", builtin="vit-b32-clip", seed=0, weights=None, max_batch_size=8,
-            precision="fp16", gpus=[], preferred_batch_sizes=[], max_queue_delay_us=0,
+            precision=Precision.FP16, gpus=[], preferred_batch_sizes=[], max_queue_delay_us=0,
             torch_version="2.11.0",
         )  # fmt: skip

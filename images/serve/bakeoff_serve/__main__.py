@@ -16,6 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, NoReturn
 
+from bakeoff_serve import triton_repo
+from bakeoff_serve.options import ExecutionProvider, Precision, WireInput
+
 # model_prep.Runtime, restated so `--help` need not import model_prep (it imports torch).
 _PrepRuntime = Literal["python-backend", "onnxruntime-native"]
 
@@ -109,7 +112,9 @@ def _add_pytorch(subparsers: argparse._SubParsersAction[_Parser]) -> None:
     parser.add_argument("--weights", type=Path, default=None, help="state dict (default: random)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random init (default 0)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    parser.add_argument(
+        "--precision", choices=[p.value for p in Precision], default=Precision.FP32.value
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address both ports bind")
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--grpc-port", type=int, required=True)
@@ -122,7 +127,7 @@ def _add_pytorch(subparsers: argparse._SubParsersAction[_Parser]) -> None:
         "batch bucket is warmed and captured anyway)",
     )
     parser.add_argument(
-        "--input-format", choices=["fp32", "uint8", "jpeg"], default="fp32",
+        "--input-format", choices=[w.value for w in WireInput], default=WireInput.FP32.value,
         help="wire input: FP32 in [0, 1], UINT8 in [0, 255] scaled on the device, or one "
         "JPEG file per image (BYTES; nvJPEG on the GPU with torchvision, else Pillow)",
     )  # fmt: skip
@@ -162,8 +167,9 @@ def _run_triton_prep(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         repo = model_prep.prepare_triton_repository(
             args.out, args.model_name, args.builtin, args.weights, args.seed,
             args.cache_dir or tritonserver.default_cache_dir(),
-            max_batch_size=args.max_batch_size, execution_provider=args.execution_provider,
-            precision=args.precision, preferred_batch_sizes=args.preferred_batch_sizes,
+            max_batch_size=args.max_batch_size,
+            execution_provider=ExecutionProvider(args.execution_provider),
+            precision=Precision(args.precision), preferred_batch_sizes=args.preferred_batch_sizes,
             max_queue_delay_us=args.max_queue_delay_us,
             warmup_batch_sizes=args.warmup_batch_sizes,
             runtime=_FORMATS[args.format], gpus=args.gpus, trt_cache_dir=args.trt_cache_dir,
@@ -193,8 +199,16 @@ def _add_triton_prep(subparsers: argparse._SubParsersAction[_Parser]) -> None:
     parser.add_argument("--builtin", required=True)
     parser.add_argument("--weights", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--execution-provider", choices=["cpu", "cuda", "tensorrt"], default="cpu")
-    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    parser.add_argument(
+        "--execution-provider",
+        choices=[e.value for e in ExecutionProvider],
+        default=ExecutionProvider.CPU.value,
+    )
+    parser.add_argument(
+        "--precision",
+        choices=[p.value for p in Precision if p in triton_repo.ONNX_RUNTIME_PRECISIONS],
+        default=Precision.FP32.value,
+    )
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-queue-delay-us", type=int, default=0)
     parser.add_argument(

@@ -15,6 +15,7 @@ from typing import Final, Literal, get_args
 
 from bakeoff_serve import onnx_export, triton_native, triton_repo
 from bakeoff_serve.model_configs import BUILTIN_MODELS
+from bakeoff_serve.options import ExecutionProvider, Precision
 
 Runtime = Literal["python-backend", "onnxruntime-native"]
 RUNTIMES: Final[tuple[str, ...]] = get_args(Runtime)
@@ -29,8 +30,8 @@ def prepare_triton_repository(
     cache_dir: Path,
     *,
     max_batch_size: int,
-    execution_provider: triton_repo.ExecutionProvider,
-    precision: triton_repo.Precision,
+    execution_provider: ExecutionProvider,
+    precision: Precision,
     preferred_batch_sizes: Sequence[int],
     max_queue_delay_us: int,
     warmup_batch_sizes: Sequence[int],
@@ -46,40 +47,31 @@ def prepare_triton_repository(
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     config = BUILTIN_MODELS[builtin]
-    if runtime == "onnxruntime-native" and execution_provider == "cpu":
+    native = runtime == "onnxruntime-native"
+    if native and execution_provider not in triton_native.NATIVE_EXECUTION_PROVIDERS:
         # Checked before the (slow) export: the native format is for NVIDIA's GPU images.
         raise ValueError("the onnxruntime-native format needs execution provider cuda or tensorrt")
+    options = triton_repo.TritonModelOptions(
+        model_name=model_name,
+        image_size=config.image_size,
+        embed_dim=config.embed_dim,
+        max_batch_size=max_batch_size,
+        execution_provider=execution_provider,
+        precision=precision,
+        preferred_batch_sizes=tuple(preferred_batch_sizes),
+        max_queue_delay_us=max_queue_delay_us,
+        warmup_batch_sizes=tuple(warmup_batch_sizes),
+    )
     onnx_path = onnx_export.prepare_onnx(builtin, weights, seed, cache_dir / "onnx")
-    if runtime == "onnxruntime-native":
-        assert execution_provider != "cpu"  # checked above; narrows the type for mypy
+    if native:
         triton_native.write_native_repository(
             repo_dir,
-            model_name,
+            options,
             onnx_path,
-            max_batch_size=max_batch_size,
-            execution_provider=execution_provider,
-            precision=precision,
-            batch_sizes=list(warmup_batch_sizes),
-            preferred_batch_sizes=list(preferred_batch_sizes),
-            max_queue_delay_us=max_queue_delay_us,
-            gpus=list(gpus),
-            image_size=config.image_size,
-            embed_dim=config.embed_dim,
+            gpus=gpus,
             trt_workspace_bytes=trt_workspace_bytes,
             trt_cache_dir=trt_cache_dir,
         )
-        return repo_dir
-    triton_repo.write_python_backend_repository(
-        repo_dir,
-        model_name,
-        onnx_path,
-        max_batch_size=max_batch_size,
-        execution_provider=execution_provider,
-        image_size=config.image_size,
-        embed_dim=config.embed_dim,
-        preferred_batch_sizes=list(preferred_batch_sizes),
-        max_queue_delay_us=max_queue_delay_us,
-        precision=precision,
-        warmup_batch_sizes=list(warmup_batch_sizes),
-    )
+    else:
+        triton_repo.write_python_backend_repository(repo_dir, options, onnx_path)
     return repo_dir

@@ -4,6 +4,10 @@ Called by the local runner, the protocol tests and the model-prep image. Config 
 from pure `build_*_config` functions (unit-tested by parsing them with Triton's own
 ModelConfig protobuf); `write_*_repository` only puts files in place.
 
+`TritonModelOptions`, `validate` and `config_text` are shared with `triton_native`, which
+writes the same model for NVIDIA's onnxruntime backend: one set of options, one set of rules
+and one layout for every config Bakeoff generates.
+
 The Python-backend layout is what the `tritonserver` bundled in the nvidia-pytriton wheel
 serves (it has no native ONNX Runtime backend):
 
@@ -18,173 +22,250 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, get_args
+from typing import Final, Literal
 
-from bakeoff_serve import model as model_lib
+# model_configs, not model: the CLI builds its choices from this module without importing torch.
+from bakeoff_serve import model_configs
+from bakeoff_serve.options import ExecutionProvider, Precision
 
-ExecutionProvider = Literal["cpu", "cuda", "tensorrt"]
-Precision = Literal["fp32", "fp16"]
-TorchPrecision = Literal["fp32", "fp16", "bf16"]
-EXECUTION_PROVIDERS: Final[tuple[str, ...]] = get_args(ExecutionProvider)
-ORT_PROVIDER_NAMES: Final[dict[str, str]] = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
+ORT_PROVIDER_NAMES: Final[Mapping[ExecutionProvider, str]] = {
+    ExecutionProvider.CPU: "CPUExecutionProvider",
+    ExecutionProvider.CUDA: "CUDAExecutionProvider",
+    ExecutionProvider.TENSORRT: "TensorrtExecutionProvider",
 }
+# ONNX Runtime serves the graph as exported (fp32); only TensorRT builds an fp16 engine from it.
+ONNX_RUNTIME_PRECISIONS: Final = frozenset({Precision.FP32, Precision.FP16})
 MODEL_VERSION: Final = "1"
 ONNX_FILENAME: Final = "model.onnx"
 PYTHON_MODEL_SOURCE: Final = Path(__file__).with_name("triton_python_model.py")
 # Triton takes the model name from the directory; keep it to a portable, URL-safe alphabet.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
+TritonBackend = Literal["python", "onnxruntime"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TritonModelOptions:
+    """What a Triton model Bakeoff generates is asked for, whichever backend serves it.
+
+    Plain data: `validate` says whether ONNX Runtime in Triton can serve it as asked (the
+    PyTorch-runtime config keeps only the name and batching rules).
+    """
+
+    model_name: str
+    image_size: int
+    embed_dim: int
+    max_batch_size: int
+    execution_provider: ExecutionProvider
+    precision: Precision = Precision.FP32
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    # None: every batch size the dynamic batcher is likely to form, so "ready" means warm;
+    # (): no warm-up at all.
+    warmup_batch_sizes: tuple[int, ...] | None = None
+
+    @property
+    def warmup(self) -> list[int]:
+        """The batch sizes Triton runs before it marks the model ready: ascending, once each."""
+        if self.warmup_batch_sizes is None:
+            return sorted({1, *self.preferred_batch_sizes, self.max_batch_size})
+        return sorted(set(self.warmup_batch_sizes))
+
+
+def validate(options: TritonModelOptions) -> None:
+    """Raise ValueError, naming the bad value, unless Triton can serve `options` as asked."""
+    # Checked, not left to the type: scripts and tests pass plain strings.
+    if options.execution_provider not in ORT_PROVIDER_NAMES:
+        raise ValueError(
+            f"execution provider '{options.execution_provider}' is not one of "
+            f"{', '.join(ORT_PROVIDER_NAMES)}"
+        )
+    if options.precision not in ONNX_RUNTIME_PRECISIONS:
+        allowed = [precision for precision in Precision if precision in ONNX_RUNTIME_PRECISIONS]
+        raise ValueError(f"precision '{options.precision}' is not one of {', '.join(allowed)}")
+    if (
+        options.precision == Precision.FP16
+        and options.execution_provider != ExecutionProvider.TENSORRT
+    ):
+        raise ValueError(
+            "precision 'fp16' needs executionProvider 'tensorrt' "
+            f"(got '{options.execution_provider}'): "
+            "ONNX Runtime's CPU and CUDA providers run the fp32 graph as exported"
+        )
+    if options.image_size < 1 or options.embed_dim < 1:
+        raise ValueError(
+            f"image_size and embed_dim must be >= 1, got {options.image_size}, {options.embed_dim}"
+        )
+    _check_name_and_batching(options)
+
+
+def _check_name_and_batching(options: TritonModelOptions) -> None:
+    """The rules every config keeps, whatever runs the model."""
+    if not _MODEL_NAME.match(options.model_name):
+        raise ValueError(
+            f"model name {options.model_name!r} must match {_MODEL_NAME.pattern} (it is a "
+            "directory and a URL path segment)"
+        )
+    max_batch_size = options.max_batch_size
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    preferred = options.preferred_batch_sizes
+    for label, sizes in (("preferred", preferred), ("warm-up", options.warmup)):
+        bad = [size for size in sizes if not 1 <= size <= max_batch_size]
+        if bad:
+            raise ValueError(
+                f"{label} batch sizes {bad} are outside 1..max_batch_size={max_batch_size}"
+            )
+    if len(set(preferred)) != len(preferred):
+        raise ValueError(f"preferred batch sizes repeat: {list(preferred)}")
+    if options.max_queue_delay_us < 0:
+        raise ValueError(f"max_queue_delay_us must be >= 0, got {options.max_queue_delay_us}")
+
 
 def runtime_description(
-    execution_provider: ExecutionProvider, onnxruntime_version: str, precision: Precision = "fp32"
+    options: TritonModelOptions,
+    triton_backend: TritonBackend,
+    onnxruntime_version: str | None = None,
 ) -> str:
-    """What serves the model, as results report it (`parameters.runtime` in the config)."""
-    provider = ORT_PROVIDER_NAMES[execution_provider]
-    suffix = f" {precision}" if precision != "fp32" else ""
-    return f"onnxruntime {onnxruntime_version} {provider}{suffix} via Triton python backend"
+    """What serves the model, as results report it (`parameters.runtime` in the config).
+
+    No `onnxruntime_version` where the serving image, not Bakeoff, picks ONNX Runtime.
+    """
+    runtime = "onnxruntime" if onnxruntime_version is None else f"onnxruntime {onnxruntime_version}"
+    provider = ORT_PROVIDER_NAMES[options.execution_provider]
+    suffix = "" if options.precision == Precision.FP32 else f" {options.precision}"
+    return f"{runtime} {provider}{suffix} via Triton {triton_backend} backend"
 
 
-def default_warmup_batch_sizes(
-    max_batch_size: int, preferred_batch_sizes: Sequence[int]
-) -> list[int]:
-    """Every batch size the dynamic batcher is likely to form, so "ready" means warm."""
-    return sorted({1, *preferred_batch_sizes, max_batch_size})
-
-
-def _quote(text: str) -> str:
+def quote(text: str) -> str:
     """A protobuf text-format string literal (our values are plain ASCII; refuse others)."""
     if not text.isascii() or any(ord(c) < 0x20 for c in text):
         raise ValueError(f"config strings must be printable ASCII, got {text!r}")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _dims(dims: Sequence[int]) -> str:
-    return "[ " + ", ".join(str(d) for d in dims) + " ]"
+def dims(values: Sequence[int]) -> str:
+    """A protobuf text-format list of ints."""
+    return "[ " + ", ".join(str(value) for value in values) + " ]"
 
 
-def _validate(
-    model_name: str,
-    max_batch_size: int,
-    execution_provider: str,
-    image_size: int,
-    embed_dim: int,
-    preferred_batch_sizes: Sequence[int],
-    max_queue_delay_us: int,
-    instance_count: int,
-    precision: str,
-    warmup_batch_sizes: Sequence[int],
-    intra_op_threads: int | None,
-) -> None:
-    if not _MODEL_NAME.match(model_name):
-        raise ValueError(
-            f"model name {model_name!r} must match {_MODEL_NAME.pattern} (it is a directory "
-            "and a URL path segment)"
-        )
-    if execution_provider not in EXECUTION_PROVIDERS:
-        raise ValueError(
-            f"execution provider {execution_provider!r} is not one of "
-            f"{', '.join(EXECUTION_PROVIDERS)}"
-        )
-    if precision not in get_args(Precision):
-        raise ValueError(f"precision {precision!r} is not one of {', '.join(get_args(Precision))}")
-    if precision == "fp16" and execution_provider != "tensorrt":
-        raise ValueError(
-            f"precision 'fp16' needs executionProvider 'tensorrt' (got {execution_provider!r}): "
-            "ONNX Runtime's CPU and CUDA providers run the fp32 graph as exported"
-        )
-    if max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    if image_size < 1 or embed_dim < 1:
-        raise ValueError(f"image_size and embed_dim must be >= 1, got {image_size}, {embed_dim}")
-    for label, sizes in (("preferred", preferred_batch_sizes), ("warm-up", warmup_batch_sizes)):
-        bad = [size for size in sizes if not 1 <= size <= max_batch_size]
-        if bad:
-            raise ValueError(
-                f"{label} batch sizes {bad} are outside 1..max_batch_size={max_batch_size}"
+def config_text(
+    options: TritonModelOptions,
+    *,
+    generator: str,
+    serving: Sequence[str],
+    instance_group: str,
+    parameters: Mapping[str, str],
+    optimization: Sequence[str] = (),
+) -> str:
+    """config.pbtxt text in the layout every generator shares. Pure; validates nothing.
+
+    `serving` names what runs the model (`backend` or `platform` lines), `instance_group`
+    places the instances, `optimization` is an optional block before the `parameters`.
+    Triton counts warm-up inferences in `nv_inference_*`: diff metrics, never read totals.
+    """
+    sample_dims = [3, options.image_size, options.image_size]
+    warmup = options.warmup
+    lines = [
+        f"# Generated by {generator}; change the generator, not this file.",
+        f"name: {quote(options.model_name)}",
+        *serving,
+        f"max_batch_size: {options.max_batch_size}",
+        "input [",
+        "  {",
+        f"    name: {quote(model_configs.INPUT_NAME)}",
+        "    data_type: TYPE_FP32",
+        f"    dims: {dims(sample_dims)}",
+        "  }",
+        "]",
+        "output [",
+        "  {",
+        f"    name: {quote(model_configs.OUTPUT_NAME)}",
+        "    data_type: TYPE_FP32",
+        f"    dims: {dims([options.embed_dim])}",
+        "  }",
+        "]",
+        "dynamic_batching {",
+    ]
+    if options.preferred_batch_sizes:
+        lines.append(f"  preferred_batch_size: {dims(sorted(options.preferred_batch_sizes))}")
+    lines += [
+        f"  max_queue_delay_microseconds: {options.max_queue_delay_us}",
+        "}",
+        instance_group,
+        *optimization,
+        "parameters [",
+    ]
+    entries = [
+        f"  {{ key: {quote(key)} value: {{ string_value: {quote(value)} }} }}"
+        for key, value in parameters.items()
+    ]
+    lines += [",\n".join(entries), "]"]
+    if warmup:
+        lines.append("model_warmup [")
+        warm_entries = [
+            "\n".join(
+                [
+                    "  {",
+                    f'    name: "batch_{size}"',
+                    f"    batch_size: {size}",
+                    "    inputs {",
+                    f"      key: {quote(model_configs.INPUT_NAME)}",
+                    "      value: { data_type: TYPE_FP32 "
+                    f"dims: {dims(sample_dims)} zero_data: true }}",
+                    "    }",
+                    "  }",
+                ]
             )
-    if len(set(preferred_batch_sizes)) != len(preferred_batch_sizes):
-        raise ValueError(f"preferred batch sizes repeat: {list(preferred_batch_sizes)}")
-    if max_queue_delay_us < 0:
-        raise ValueError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
-    if instance_count < 1:
-        raise ValueError(f"instance_count must be >= 1, got {instance_count}")
-    if intra_op_threads is not None and intra_op_threads < 1:
-        raise ValueError(f"intra_op_threads must be >= 1 when set, got {intra_op_threads}")
+            for size in warmup
+        ]
+        lines += [",\n".join(warm_entries), "]"]
+    return "\n".join(lines) + "\n"
 
 
 def build_python_backend_config(
-    model_name: str,
+    options: TritonModelOptions,
     *,
-    max_batch_size: int,
-    execution_provider: ExecutionProvider,
-    image_size: int,
-    embed_dim: int,
-    preferred_batch_sizes: Sequence[int],
-    max_queue_delay_us: int,
     onnxruntime_version: str,
     instance_count: int = 1,
-    precision: Precision = "fp32",
-    warmup_batch_sizes: Sequence[int] | None = None,
     intra_op_threads: int | None = None,
     onnx_filename: str = ONNX_FILENAME,
     model_provenance: str = "",
 ) -> str:
     """config.pbtxt text for the Python-backend ONNX Runtime model. Pure.
 
-    `warmup_batch_sizes=None` warms every size in `default_warmup_batch_sizes`; `[]` none.
     Triton runs `model_warmup` before it marks the model ready (the Python backend supports
     it; each entry arrives in `execute` as `batch_size` requests of one image, which the
-    model concatenates into one ORT run), so cold start and measurement stay apart. Note that
-    Triton counts warm-up inferences in `nv_inference_*`: diff metrics, never read totals.
+    model concatenates into one ORT run), so cold start and measurement stay apart.
     """
-    warmup = (
-        default_warmup_batch_sizes(max_batch_size, preferred_batch_sizes)
-        if warmup_batch_sizes is None
-        else sorted(set(warmup_batch_sizes))
-    )
-    _validate(
-        model_name,
-        max_batch_size,
-        execution_provider,
-        image_size,
-        embed_dim,
-        preferred_batch_sizes,
-        max_queue_delay_us,
-        instance_count,
-        precision,
-        warmup,
-        intra_op_threads,
-    )
+    validate(options)
+    if instance_count < 1:
+        raise ValueError(f"instance_count must be >= 1, got {instance_count}")
+    if intra_op_threads is not None and intra_op_threads < 1:
+        raise ValueError(f"intra_op_threads must be >= 1 when set, got {intra_op_threads}")
     parameters = {
-        "runtime": runtime_description(execution_provider, onnxruntime_version, precision),
+        "runtime": runtime_description(options, "python", onnxruntime_version),
         "model_runtime": "onnxruntime",
-        "execution_provider": execution_provider,
+        "execution_provider": str(options.execution_provider),
         "onnxruntime_version": onnxruntime_version,
-        "precision": precision,
+        "precision": str(options.precision),
         "onnx_model": onnx_filename,
     }
     if intra_op_threads is not None:
         parameters["intra_op_threads"] = str(intra_op_threads)
     if model_provenance:
         parameters["model_provenance"] = model_provenance
-    # KIND_CPU even for GPU providers: the instance is a CPU process (the stub); ONNX
-    # Runtime inside it owns the GPU, chosen by device_id.
-    instance_group = f"instance_group [ {{ kind: KIND_CPU count: {instance_count} }} ]"
-    return _python_backend_config_text(
-        model_name,
-        max_batch_size=max_batch_size,
-        image_size=image_size,
-        embed_dim=embed_dim,
-        preferred_batch_sizes=preferred_batch_sizes,
-        max_queue_delay_us=max_queue_delay_us,
-        instance_group=instance_group,
+    return config_text(
+        options,
+        generator=__name__,
+        serving=['backend: "python"'],
+        # KIND_CPU even for GPU providers: the instance is a CPU process (the stub); ONNX
+        # Runtime inside it owns the GPU, chosen by device_id.
+        instance_group=f"instance_group [ {{ kind: KIND_CPU count: {instance_count} }} ]",
         parameters=parameters,
-        warmup=warmup,
     )
 
 
@@ -195,7 +276,7 @@ def build_pytorch_backend_config(
     seed: int,
     weights: Path | None,
     max_batch_size: int,
-    precision: TorchPrecision,
+    precision: Precision,
     gpus: Sequence[int],
     preferred_batch_sizes: Sequence[int],
     max_queue_delay_us: int,
@@ -209,16 +290,21 @@ def build_pytorch_backend_config(
     `bakeoff_serve.model` (from `python_path` when it is not installed), so Triton serves the
     very module Bakeoff's PyTorch server runs, eagerly, in `precision`.
     """
-    config = model_lib.BUILTIN_MODELS[builtin]
-    warmup = (
-        default_warmup_batch_sizes(max_batch_size, preferred_batch_sizes)
-        if warmup_batch_sizes is None
-        else sorted(set(warmup_batch_sizes))
+    config = model_configs.BUILTIN_MODELS[builtin]
+    options = TritonModelOptions(
+        model_name=model_name,
+        image_size=config.image_size,
+        embed_dim=config.embed_dim,
+        max_batch_size=max_batch_size,
+        # The module runs on CUDA in any precision: ONNX Runtime's rules (`validate`) do not
+        # apply, only the batching ones.
+        execution_provider=ExecutionProvider.CUDA,
+        precision=precision,
+        preferred_batch_sizes=tuple(preferred_batch_sizes),
+        max_queue_delay_us=max_queue_delay_us,
+        warmup_batch_sizes=None if warmup_batch_sizes is None else tuple(warmup_batch_sizes),
     )
-    _validate(
-        model_name, max_batch_size, "cuda", config.image_size, config.embed_dim,
-        preferred_batch_sizes, max_queue_delay_us, 1, "fp32", warmup, None,
-    )  # fmt: skip
+    _check_name_and_batching(options)
     if not gpus:
         raise ValueError("the PyTorch runtime in Triton needs at least one GPU")
     parameters = {
@@ -227,7 +313,7 @@ def build_pytorch_backend_config(
         "builtin": builtin,
         "seed": str(seed),
         "weights": str(weights or ""),
-        "precision": precision,
+        "precision": str(precision),
         "python_path": os.pathsep.join(python_path),
         "model_provenance": (
             f"{builtin}, weights {weights}"
@@ -235,87 +321,13 @@ def build_pytorch_backend_config(
             else f"{builtin}, seeded random init (seed={seed}); no pretrained weights"
         ),
     }
-    instance_group = f"instance_group [ {{ kind: KIND_GPU count: 1 gpus: {_dims(gpus)} }} ]"
-    return _python_backend_config_text(
-        model_name,
-        max_batch_size=max_batch_size,
-        image_size=config.image_size,
-        embed_dim=config.embed_dim,
-        preferred_batch_sizes=preferred_batch_sizes,
-        max_queue_delay_us=max_queue_delay_us,
-        instance_group=instance_group,
+    return config_text(
+        options,
+        generator=__name__,
+        serving=['backend: "python"'],
+        instance_group=f"instance_group [ {{ kind: KIND_GPU count: 1 gpus: {dims(gpus)} }} ]",
         parameters=parameters,
-        warmup=warmup,
     )
-
-
-def _python_backend_config_text(
-    model_name: str,
-    *,
-    max_batch_size: int,
-    image_size: int,
-    embed_dim: int,
-    preferred_batch_sizes: Sequence[int],
-    max_queue_delay_us: int,
-    instance_group: str,
-    parameters: dict[str, str],
-    warmup: Sequence[int],
-) -> str:
-    sample_dims = [3, image_size, image_size]
-    lines = [
-        "# Generated by bakeoff_serve.triton_repo; change the generator, not this file.",
-        f"name: {_quote(model_name)}",
-        'backend: "python"',
-        f"max_batch_size: {max_batch_size}",
-        "input [",
-        "  {",
-        f"    name: {_quote(model_lib.INPUT_NAME)}",
-        "    data_type: TYPE_FP32",
-        f"    dims: {_dims(sample_dims)}",
-        "  }",
-        "]",
-        "output [",
-        "  {",
-        f"    name: {_quote(model_lib.OUTPUT_NAME)}",
-        "    data_type: TYPE_FP32",
-        f"    dims: {_dims([embed_dim])}",
-        "  }",
-        "]",
-        "dynamic_batching {",
-    ]
-    if preferred_batch_sizes:
-        lines.append(f"  preferred_batch_size: {_dims(sorted(preferred_batch_sizes))}")
-    lines += [
-        f"  max_queue_delay_microseconds: {max_queue_delay_us}",
-        "}",
-        instance_group,
-        "parameters [",
-    ]
-    entries = [
-        f"  {{ key: {_quote(key)} value: {{ string_value: {_quote(value)} }} }}"
-        for key, value in parameters.items()
-    ]
-    lines += [",\n".join(entries), "]"]
-    if warmup:
-        lines.append("model_warmup [")
-        warm_entries = [
-            "\n".join(
-                [
-                    "  {",
-                    f'    name: "batch_{size}"',
-                    f"    batch_size: {size}",
-                    "    inputs {",
-                    f"      key: {_quote(model_lib.INPUT_NAME)}",
-                    "      value: { data_type: TYPE_FP32 "
-                    f"dims: {_dims(sample_dims)} zero_data: true }}",
-                    "    }",
-                    "  }",
-                ]
-            )
-            for size in warmup
-        ]
-        lines += [",\n".join(warm_entries), "]"]
-    return "\n".join(lines) + "\n"
 
 
 def export_provenance(onnx_path: Path) -> str:
@@ -330,7 +342,7 @@ def export_provenance(onnx_path: Path) -> str:
     return f"{provenance}, exported to ONNX opset {opset}" if provenance and opset else provenance
 
 
-def _place_file(source: Path, target: Path) -> None:
+def place_file(source: Path, target: Path) -> None:
     """Hard-link when possible (a ViT-B/32 export is ~350 MB), else copy; replace atomically."""
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
@@ -343,18 +355,10 @@ def _place_file(source: Path, target: Path) -> None:
 
 def write_python_backend_repository(
     repo_dir: Path,
-    model_name: str,
+    options: TritonModelOptions,
     onnx_path: Path,
     *,
-    max_batch_size: int,
-    execution_provider: ExecutionProvider,
-    image_size: int,
-    embed_dim: int,
-    preferred_batch_sizes: Sequence[int],
-    max_queue_delay_us: int,
     instance_count: int = 1,
-    precision: Precision = "fp32",
-    warmup_batch_sizes: Sequence[int] | None = None,
     intra_op_threads: int | None = None,
     onnxruntime_version: str | None = None,
 ) -> Path:
@@ -369,26 +373,18 @@ def write_python_backend_repository(
 
         onnxruntime_version = str(onnxruntime.__version__)
     text = build_python_backend_config(
-        model_name,
-        max_batch_size=max_batch_size,
-        execution_provider=execution_provider,
-        image_size=image_size,
-        embed_dim=embed_dim,
-        preferred_batch_sizes=preferred_batch_sizes,
-        max_queue_delay_us=max_queue_delay_us,
+        options,
         onnxruntime_version=onnxruntime_version,
         instance_count=instance_count,
-        precision=precision,
-        warmup_batch_sizes=warmup_batch_sizes,
         intra_op_threads=intra_op_threads,
         model_provenance=export_provenance(onnx_path),
     )
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX model {onnx_path} does not exist; export it first")
-    model_dir = repo_dir / model_name
+    model_dir = repo_dir / options.model_name
     version_dir = model_dir / MODEL_VERSION
     version_dir.mkdir(parents=True, exist_ok=True)
-    _place_file(onnx_path, version_dir / ONNX_FILENAME)
+    place_file(onnx_path, version_dir / ONNX_FILENAME)
     shutil.copyfile(PYTHON_MODEL_SOURCE, version_dir / "model.py")
     (model_dir / "config.pbtxt").write_text(text)
     return model_dir
@@ -402,7 +398,7 @@ def write_pytorch_backend_repository(
     seed: int,
     weights: Path | None,
     max_batch_size: int,
-    precision: TorchPrecision,
+    precision: Precision,
     gpus: Sequence[int],
     preferred_batch_sizes: Sequence[int],
     max_queue_delay_us: int,

@@ -152,9 +152,8 @@ class TritonOnnx:
             spec.model.seed,
             cache_dir or tritonserver.default_cache_dir(),
             max_batch_size=backend.max_batch_size,
-            execution_provider=backend.execution_provider.value,
-            # The rules allow triton-onnx only fp32, or fp16 with TensorRT.
-            precision="fp16" if backend.precision is Precision.FP16 else "fp32",
+            execution_provider=backend.execution_provider,
+            precision=backend.precision,
             preferred_batch_sizes=batching.preferred_batch_sizes,
             max_queue_delay_us=batching.max_queue_delay_microseconds,
             warmup_batch_sizes=warmup_batch_sizes(spec, backend.max_batch_size),

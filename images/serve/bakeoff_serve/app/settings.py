@@ -13,23 +13,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bakeoff_serve import model_configs
+from bakeoff_serve.options import Precision, WireInput
 
 
 class Device(StrEnum):
     CPU = "cpu"
     CUDA = "cuda"
-
-
-class Precision(StrEnum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    BF16 = "bf16"
-
-
-class InputFormat(StrEnum):
-    FP32 = "fp32"  # FP32 [B, 3, S, S] in [0, 1]
-    UINT8 = "uint8"  # UINT8 [B, 3, S, S] in [0, 255], scaled on the device
-    JPEG = "jpeg"  # BYTES [B]: one S x S JPEG file per image, decoded on the GPU when it can
 
 
 class Settings(BaseModel):
@@ -55,7 +44,7 @@ class Settings(BaseModel):
     warmup_batch_sizes: tuple[int, ...] = Field(
         default=(1,), min_length=1, description="Batch sizes run once before the server is ready."
     )
-    input_format: InputFormat = Field(default=InputFormat.FP32, description="Wire input tensor.")
+    input_format: WireInput = Field(default=WireInput.FP32, description="Wire input tensor.")
     cuda_graphs: bool | None = Field(
         default=None, description="One CUDA graph per batch bucket; default: on with cuda."
     )
