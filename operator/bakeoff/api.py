@@ -312,6 +312,17 @@ class CellPhase(StrEnum):
     FAILED = "Failed"
 
 
+class CellFailure(StrEnum):
+    """Why a cell failed, for conditions and alerts (its message says it for people)."""
+
+    BACKEND_NOT_READY = "BackendNotReady"
+    BACKEND_GONE = "BackendGone"  # restarted or moved while it was measured
+    BENCHMARK_FAILED = "BenchmarkFailed"
+    TIMED_OUT = "TimedOut"
+    NO_RESULT = "NoResult"
+    RESULT_MALFORMED = "ResultMalformed"
+
+
 class Condition(StrictModel):
     """metav1.Condition."""
 
@@ -329,6 +340,7 @@ class CellStatus(StrictModel):
     phase: CellPhase = CellPhase.PENDING
     node: str | None = None
     message: str = ""
+    failure: CellFailure | None = Field(default=None, description="Why it failed, if it did")
     result_ref: str | None = Field(default=None, description="Where the full result lives")
     backend_pod: str | None = Field(
         default=None, description="The backend pod its benchmark measures (set when it starts)"

@@ -263,7 +263,9 @@ def plan_cell(
     runs_elsewhere = plugin_for(cell.backend).remote_target(suite) is not None
     interrupted = backend_interrupted(deployment, base, job) if job is not None else ""
     if interrupted:
-        decision = decide(api.CellPhase.FAILED, interrupted, node=base.node)
+        decision = decide(
+            api.CellPhase.FAILED, interrupted, node=base.node, failure=api.CellFailure.BACKEND_GONE
+        )
         if job is not None and not job.succeeded and not job.failed_message:
             # Stop the load on the dead backend before the pool's next cell starts beside it.
             name = naming.job_name(*names)
@@ -276,6 +278,7 @@ def plan_cell(
                 api.CellPhase.FAILED,
                 f"result ConfigMap {result.name} is malformed: {result.error}",
                 node=node,
+                failure=api.CellFailure.RESULT_MALFORMED,
             )
         return decide(
             api.CellPhase.SUCCEEDED, "measured", node=node, result_ref=f"configmap/{result.name}"
@@ -283,12 +286,15 @@ def plan_cell(
     if job is not None:
         if job.failed_message:
             return decide(
-                api.CellPhase.FAILED, f"benchmark Job failed: {job.failed_message}", node=node
-            )
+                api.CellPhase.FAILED, f"benchmark Job failed: {job.failed_message}", node=node,
+                failure=api.CellFailure.BENCHMARK_FAILED,
+            )  # fmt: skip
         # The node the benchmark started against (recorded then), not where a new pod went.
         left = backend_left_node(deployment, base.node)
         if left and not runs_elsewhere:
-            return decide(api.CellPhase.FAILED, left, node=base.node)
+            return decide(
+                api.CellPhase.FAILED, left, node=base.node, failure=api.CellFailure.BACKEND_GONE
+            )
         if job.succeeded:
             finished = job.finished_at or job.created_at
             if _seconds(now, finished) > settings.result_grace_s:
@@ -297,6 +303,7 @@ def plan_cell(
                     f"benchmark Job {job.name} finished but published no result "
                     f"within {settings.result_grace_s:.0f} s",
                     node=node,
+                    failure=api.CellFailure.NO_RESULT,
                 )
             return decide(api.CellPhase.BENCHMARKING, "waiting for the result", node=node)
         if _seconds(now, job.created_at) > timeouts.run_seconds + settings.result_grace_s:
@@ -304,6 +311,7 @@ def plan_cell(
                 api.CellPhase.FAILED,
                 f"benchmark did not finish within runSeconds={timeouts.run_seconds}",
                 node=node,
+                failure=api.CellFailure.TIMED_OUT,
             )
         return decide(api.CellPhase.BENCHMARKING, f"benchmark Job {job.name} running", node=node)
     if runs_elsewhere:
@@ -332,6 +340,7 @@ def plan_cell(
                 api.CellPhase.FAILED,
                 f"backend not ready after readySeconds={timeouts.ready_seconds}: {reason}",
                 node=node,
+                failure=api.CellFailure.BACKEND_NOT_READY,
             )
         return decide(api.CellPhase.DEPLOYING, reason, node=node)
     if not may_start:
@@ -496,7 +505,7 @@ def _conditions(
     past_ready = [
         s for s in statuses if s.phase in (api.CellPhase.BENCHMARKING, api.CellPhase.SUCCEEDED)
     ]
-    never_ready = [s for s in failed if s.message.startswith("backend not ready")]
+    never_ready = [s for s in failed if s.failure is api.CellFailure.BACKEND_NOT_READY]
     if never_ready:
         ready = (
             "False",

@@ -24,6 +24,7 @@ from cluster_harness import (
     wait_for_suite_phase,
 )
 from kubernetes import client as k8s
+from rule_cases import DELETE, RuleCase, base_suite, changed, rule_cases
 
 from bakeoff import validation
 
@@ -48,28 +49,6 @@ VALID_SUITE: dict[str, Any] = {
         ],
     },
 }
-
-DELETE = object()
-
-
-def changed(suite: dict[str, Any], *changes: tuple[str, Any]) -> dict[str, Any]:
-    """A copy of `suite` with each (dotted path, value) set: digits index lists (one past the
-    end appends), DELETE removes."""
-    suite = copy.deepcopy(suite)
-    for path, value in changes:
-        *parents, last = path.split(".")
-        node: Any = suite
-        for part in parents:
-            node = node[int(part)] if part.isdigit() else node[part]
-        key: Any = int(last) if last.isdigit() else last
-        if value is DELETE:
-            del node[key]
-        elif isinstance(node, list) and key == len(node):
-            node.append(value)
-        else:
-            node[key] = value
-    return suite
-
 
 GPU_POOL = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
 # (id, changes to VALID_SUITE, the field the API server must name, words of its message)
@@ -161,6 +140,8 @@ REJECTIONS: list[tuple[str, list[tuple[str, Any]], str, str]] = [
      "spec.scenarios.batchSweep.batchSizes", "batch sizes repeat"),
     ("backend-on-an-unknown-pool", [("spec.backends.0.pools", ["h100"])], "spec.backends",
      "must name pools of spec.nodePools"),
+    ("backend-on-no-pools", [("spec.backends.0.pools", [])], "spec.backends[0].pools",
+     "an empty pools list measures this backend nowhere"),
     ("parity-reference-is-not-a-backend", [("spec.parity", {"reference": "onnx"})],
      "spec.parity.reference", "must name one of spec.backends"),
     # --- names Kubernetes or URLs cannot take
@@ -195,9 +176,6 @@ REJECTIONS: list[tuple[str, list[tuple[str, Any]], str, str]] = [
 # (id, changes, the field Validated=False must name, words of its message): rules the CRD
 # cannot carry, so the API server accepts these suites and the operator refuses them.
 OPERATOR_REJECTIONS: list[tuple[str, list[tuple[str, Any]], str, str]] = [
-    # An empty list means "nowhere"; the CEL rule over it (every entry names a pool) holds.
-    ("backend-on-no-pools", [("spec.backends.0.pools", [])], "spec.backends[0].pools",
-     "an empty list measures this backend nowhere"),
     # A structural schema cannot put a pattern on a map's keys.
     ("node-selector-key-with-a-space", [("spec.nodePools.0.nodeSelector",
                                          {"gpu product": "A100"})],
@@ -243,7 +221,7 @@ def shared_namespace(kubeconfig: Path) -> Iterator[str]:
 def test_invalid_suite_is_rejected_by_the_api_server_naming_the_field(
     shared_namespace: str, changes: list[tuple[str, Any]], field: str, words: str
 ) -> None:
-    suite = changed(VALID_SUITE, *changes)
+    suite = changed(VALID_SUITE, tuple(changes))
     rejected = kubectl(
         "apply", "-n", shared_namespace, "-f", "-", stdin=yaml.safe_dump(suite), check=False
     )
@@ -266,6 +244,22 @@ def test_the_valid_base_of_the_invalid_suites_is_accepted(shared_namespace: str)
     assert validation.parse_suite(copy.deepcopy(VALID_SUITE)).metadata.name == "invalid"
 
 
+@pytest.mark.parametrize("case", rule_cases(), ids=lambda case: case.name)
+def test_every_rule_of_the_table_is_enforced_by_the_api_server_at_its_field(
+    shared_namespace: str, case: RuleCase
+) -> None:
+    """The validation table's rules, each broken once, as the unit tier breaks them for
+    `bakeoff validate`: the API server's CEL names the same field with the same message."""
+    suite = changed(base_suite(), case.changes)
+    rejected = kubectl(
+        "apply", "-n", shared_namespace, "--dry-run=server", "-f", "-",
+        stdin=yaml.safe_dump(suite), check=False,
+    )  # fmt: skip
+    assert rejected.returncode != 0, rejected.stdout
+    assert f"{case.path}: " in rejected.stderr, rejected.stderr
+    assert case.message in rejected.stderr, rejected.stderr
+
+
 @pytest.fixture(scope="module")
 def validating_operator(shared_namespace: str) -> Iterator[Operator]:
     """The operator watching the shared namespace, for the suites only it can refuse."""
@@ -285,7 +279,7 @@ def test_suite_the_crd_accepts_is_refused_by_the_operator_naming_the_field(
     words: str,
 ) -> None:
     name = f"refused-{uuid.uuid4().hex[:6]}"
-    suite = changed(VALID_SUITE, ("metadata.name", name), *changes)
+    suite = changed(VALID_SUITE, (("metadata.name", name), *changes))
     kubectl("apply", "-n", shared_namespace, "-f", "-", stdin=yaml.safe_dump(suite))
 
     status = wait_for_suite_phase(custom, shared_namespace, name, ("Failed",), 60)

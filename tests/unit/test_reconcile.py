@@ -184,6 +184,7 @@ def test_pool_with_no_matching_node_fails_after_the_ready_timeout_with_the_reaso
     plan = reconcile.plan_suite(suite(), UID, observed, late, SETTINGS)
     failed = next(c for c in plan.status.cells if c.backend == "pytorch" and c.pool == "a100")
     assert failed.phase is api.CellPhase.FAILED
+    assert failed.failure is api.CellFailure.BACKEND_NOT_READY
     assert failed.message == (
         "backend not ready after readySeconds=900: no node of pool 'a100' can take the "
         f"backend: {message}"
