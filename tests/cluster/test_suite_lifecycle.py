@@ -132,7 +132,11 @@ def test_suite_of_three_backends_on_two_pools_succeeds(
     assert len(job_driver.published) == 6
 
     summary = status["summary"]
-    assert {"latency", "throughput", "cost", "memory"} <= set(summary["winners"])
+    # Every category is decided. The job driver publishes one real result per backend kind, so
+    # the two triton-onnx backends of a pool publish the same numbers: a tie is the honest
+    # verdict between them, where they lead.
+    decided = set(summary["winners"]) | set(summary.get("ties", {}))
+    assert {"latency", "throughput", "cost", "memory"} <= decided, summary
     assert set(summary["costPer1k"]) == {f"{b}/{p}" for b, p in cells}
     conditions = conditions_by_type(status)
     for kind in ("Validated", "BackendsReady", "ResultsComplete", "ParityPassed"):
