@@ -6,6 +6,7 @@ kwok plays the kubelets; the job driver plays the benchmark Job's last step with
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,12 @@ def gpu_tainted(node: Any) -> bool:
 def printer_row(namespace: str, name: str) -> dict[str, str]:
     """`kubectl get benchmarksuites` as a user reads it: header -> value."""
     lines = kubectl("get", "benchmarksuites", "-n", namespace).stdout.splitlines()
+    # Columns by where their headings start: a value may hold spaces ("no clear winner").
+    starts = [m.start() for m in re.finditer(r"\S+", lines[0])]
     header = lines[0].split()
-    row = next(line.split() for line in lines[1:] if line.split()[0] == name)
-    return dict(zip(header, row, strict=True))
+    row = next(line for line in lines[1:] if line.split()[0] == name)
+    bounds = [*starts[1:], None]
+    return {h: row[a:b].strip() for h, a, b in zip(header, starts, bounds, strict=True)}
 
 
 def suite_events(namespace: str, name: str) -> list[dict[str, Any]]:
@@ -146,7 +150,10 @@ def test_suite_of_three_backends_on_two_pools_succeeds(
     assert row["PHASE"] == "Succeeded"
     assert row["CELLS"] == "6/6"
     assert row["WINNER"] == status["winner"] != ""
-    assert row["WINNER"].split("/")[0] in {b for b, _ in cells}
+    # The two triton-onnx backends publish the same result (see above): when they lead, the
+    # printer column says so rather than naming either.
+    if row["WINNER"] != "no clear winner":
+        assert row["WINNER"].split("/")[0] in {b for b, _ in cells}
 
     def event_reasons() -> set[str]:
         return {e["reason"] for e in suite_events(namespace, name)}

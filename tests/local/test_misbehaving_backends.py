@@ -25,8 +25,11 @@ from fake_oip import MODEL, FakeOipServer, serving_in_thread
 
 pytestmark = pytest.mark.local
 
-# Each well-behaved request takes 5 ms: steady enough for windows to agree on a busy machine.
-STEADY_S = 0.005
+# Each well-behaved request takes 20 ms: long beside the few milliseconds a busy machine adds
+# to a request here and there, so its windows agree under load too.
+STEADY_S = 0.02
+# Where the drifting server starts: 20% slower every window from there.
+DRIFT_START_S = 0.005
 
 SERVERS = {
     "well": FakeOipServer(record_bodies=False, delay_s=lambda _c, _b: STEADY_S),
@@ -37,7 +40,7 @@ SERVERS = {
     ),
     # 20% slower every 30 requests (a window): no three windows ever agree.
     "drifting": FakeOipServer(
-        record_bodies=False, delay_s=lambda call, _b: min(0.05, STEADY_S * 1.2 ** (call / 30))
+        record_bodies=False, delay_s=lambda call, _b: min(0.05, DRIFT_START_S * 1.2 ** (call / 30))
     ),
     # One request at a time, 10 ms each: 100 requests/s at most, asked for 300.
     "too-slow": FakeOipServer(record_bodies=False, max_concurrent=1, delay_s=lambda _c, _b: 0.01),
