@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A real Kubernetes control plane for the cluster test tier (DESIGN.md §7): kube-apiserver,
-# kube-controller-manager, kube-scheduler and etcd built from their Go modules, kwok
-# simulating GPU/CPU nodes and pod lifecycles, all bound to 127.0.0.1, no container runtime.
+# A real Kubernetes control plane for the cluster test tier (DESIGN.md §7; the tiers are in
+# docs/architecture.md §7): kube-apiserver, kube-controller-manager, kube-scheduler and etcd
+# built from their Go modules, kwok simulating GPU/CPU nodes and pod lifecycles, all bound
+# to 127.0.0.1, no container runtime.
 #
 #   hack/control-plane.sh build        build (or reuse) the binaries in the cache
 #   hack/control-plane.sh up           start (idempotent), create the fake nodes, print kubeconfig

@@ -1,8 +1,9 @@
 """The cold-start phase: the first request of every batch size, before any warm-up.
 
-Called by `runner` right after the payloads are encoded (DESIGN §2, rule 1). A backend
-that builds engines lazily (TensorRT execution provider: one engine per shape) spends
-that time here, where it is reported as cold start, and never inside a measured window.
+Called by `runner` right after the payloads are encoded (docs/architecture.md §2, rule 1).
+A backend that builds engines lazily (TensorRT execution provider: one engine per shape)
+spends that time here, where it is reported as cold start, and never inside a measured
+window.
 The backend counts as warm only once every batch size has been answered.
 """
 

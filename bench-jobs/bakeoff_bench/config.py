@@ -35,7 +35,7 @@ class Arrival(StrEnum):
 
 
 class SteadyState(StrictModel):
-    """Measure in windows until `consecutive` of them agree (DESIGN §2, rule 2)."""
+    """Measure in windows until `consecutive` of them agree (docs/architecture.md §2, rule 2)."""
 
     window_requests: int | None = Field(
         default=None, gt=0, le=1_000_000, description="Requests per window"

@@ -1,4 +1,4 @@
-"""Where the client ran: recorded with every result (DESIGN §2, rule 5).
+"""Where the client ran: recorded with every result (docs/architecture.md §2, rule 5).
 
 A load generator short of CPU measures itself, not the server; the client's cores and CPU
 model let the report flag that. GPUs, driver and CUDA come from `nvidia-smi` where the load

@@ -1,8 +1,9 @@
 """Why a number should not be taken at face value (pure: results in, `Flag`s out).
 
 Called by `runner` once every scenario has run: `scenario_flags` per scenario result,
-`cold_start_flags` for the cell. Each rule is one of DESIGN §2's pitfalls; the thresholds
-are `Final` constants here so that the report can quote them and tests can pin them.
+`cold_start_flags` for the cell. Each rule flags a breach of one of the measurement rules of
+docs/architecture.md §2; the thresholds are `Final` constants here so that the report can
+quote them and tests can pin them.
 Messages are plain sentences a platform engineer can act on.
 """
 

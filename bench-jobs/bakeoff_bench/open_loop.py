@@ -2,9 +2,9 @@
 
 Called by `runner` (through `run_rate`) for each configured rate and each step of the
 max-rate search, and by `workers` inside each client process. Latency is timed from the
-*scheduled* send (DESIGN §2, rule 4): lag + service latency, where lag is how late the
-client actually sent. Shares carry mergeable histograms, so N processes (or pods) merge
-exactly as one client's result would (`stats.merge_latency_stats`).
+*scheduled* send (docs/architecture.md §2, rule 4): lag + service latency, where lag is how
+late the client actually sent. Shares carry mergeable histograms, so N processes (or pods)
+merge exactly as one client's result would (`stats.merge_latency_stats`).
 """
 
 from __future__ import annotations

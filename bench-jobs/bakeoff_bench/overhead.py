@@ -1,4 +1,4 @@
-"""How busy the load generator itself was while it measured (DESIGN §2: client overhead).
+"""How busy the load generator itself was while it measured (docs/architecture.md §2, rule 8).
 
 `LoopMonitor` wraps each measured window (closed-loop windows, open-loop runs) and records
 the process's CPU time, the event-loop thread's CPU time and a ticker's sleep overshoot;

@@ -1,9 +1,10 @@
 """Closed-loop scenarios: `concurrency` workers, each sending its next request on completion.
 
 Called by `runner` for the single-image scenario, each batch size of the batch sweep and
-each point of the concurrency sweep. Phases never mix (DESIGN §2): warm-up requests run
-first and are thrown away; then the server's metrics are scraped before the first and after
-every measured window, so the server-side diff covers exactly the reported windows.
+each point of the concurrency sweep. Phases never mix (docs/architecture.md §2, rule 1):
+warm-up requests run first and are thrown away; then the server's metrics are scraped
+before the first and after every measured window, so the server-side diff covers exactly
+the reported windows.
 
 Without steady-state settings one window of `requests` is measured (the original
 behaviour). With them, windows of `windowRequests` requests (or `windowSeconds`) run until

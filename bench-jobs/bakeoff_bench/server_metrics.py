@@ -1,7 +1,7 @@
 """Server-side time from Triton-named Prometheus counters, diffed over the measured window.
 
-Every backend exports Triton's metric names (DESIGN §3), so this one module turns two
-scrapes into queue and compute time for any of them. `parse_snapshot` and
+Every backend exports Triton's metric names (docs/architecture.md §3), so this one module
+turns two scrapes into queue and compute time for any of them. `parse_snapshot` and
 `diff_server_times` are pure; `MetricsScraper` is the thin network edge that `scenarios`
 calls right before the first and right after the last measured request. It also keeps a
 ledger of the answers the client has seen, so that a scrape can wait for the server to

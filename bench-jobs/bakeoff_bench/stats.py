@@ -1,9 +1,10 @@
 """Latency statistics (pure): exact summaries of one client, mergeable histograms for N clients.
 
 Called by `scenarios` for every measured window, and by whoever merges the results of
-several client pods: exact percentiles cannot be merged, histograms can (DESIGN §8). A
-histogram bucket i holds samples in [base^i, base^(i+1)) microseconds, so a percentile read
-back from a histogram is off by at most one bucket width, (base - 1) x the value.
+several client pods: exact percentiles cannot be merged, histograms can
+(docs/architecture.md §8). A histogram bucket i holds samples in [base^i, base^(i+1))
+microseconds, so a percentile read back from a histogram is off by at most one bucket width,
+(base - 1) x the value.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Steady-state acceptance (pure): which measured windows agree (DESIGN §2, rule 2).
+"""Steady-state acceptance (pure): which windows agree (docs/architecture.md §2, rule 2).
 
 Called by `scenarios` after every window. The last `consecutive` windows are accepted when
 each one's throughput and p50 lie within `tolerance` of their mean over those windows, and

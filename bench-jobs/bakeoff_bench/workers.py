@@ -1,4 +1,4 @@
-"""Rate runs on 1 or N client processes, all starting on one signal (DESIGN §8).
+"""Rate runs on 1 or N client processes, all starting on one signal (docs/architecture.md §8).
 
 Called by `runner` for every open-loop rate (and max-rate search step). With `workers: 1`
 the share runs in this process. With N, N spawned processes each open their own session

@@ -113,7 +113,8 @@ class Verdict(StrictModel):
 
 
 def cost_per_1k(cost_per_hour: float, inferences_per_s: float) -> float:
-    """DESIGN §2 rule 6: price per hour / (3600 x sustained inferences per second) x 1000."""
+    """Price per hour / (3600 x sustained inferences per second) x 1000
+    (docs/architecture.md §2, rule 6)."""
     if inferences_per_s <= 0:
         return math.inf
     return cost_per_hour / (3600.0 * inferences_per_s) * 1000.0

@@ -1,4 +1,5 @@
-"""The gpu tier (DESIGN §7): correctness of the GPU serving paths on a real CUDA device.
+"""The gpu tier (docs/architecture.md §7): correctness of the GPU serving paths on a real
+CUDA device.
 
 Run on the GPU machine with `make test-gpu`; it fails at once, loudly, where there is no
 CUDA device (it is not part of `make test`, which CI runs on machines without one). Speed

@@ -1,4 +1,5 @@
-"""Every flag of DESIGN §2 fires on a backend built to earn it, through `bakeoff run --local`.
+"""Every flag of docs/architecture.md §2 fires on a backend built to earn it, through
+`bakeoff run --local`.
 
 The backends are purpose-built misbehaving OIP servers (tests/unit/fake_oip.py), measured as
 `kind: external` backends: a lazy engine build on the first request of each batch size, a

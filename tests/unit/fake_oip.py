@@ -2,7 +2,7 @@
 
 Just enough of Triton's HTTP API (binary tensor extension, Triton-named metrics) to run
 `run_bench` against, and counters the tests read directly. The knobs make it misbehave the
-ways DESIGN §2 says a bake-off goes wrong, one at a time:
+ways docs/architecture.md §2 says a bake-off goes wrong, one at a time:
 
 - `delay_s(call, batch)`: seconds of "compute" for each request (drifting latency);
 - `first_request_delay_s[batch]`: extra seconds on the first request of a batch size (a
