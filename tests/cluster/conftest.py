@@ -186,7 +186,9 @@ def job_driver(
     recorder: NamespaceRecorder,
     real_results: dict[str, CellResult],
 ) -> Iterator[JobDriver]:
-    driver = JobDriver(recorder, custom, ClusterAccess.from_kubeconfig(kubeconfig), real_results)
+    # A result for every kind: an external backend's Job publishes the PyTorch server's.
+    results = {**real_results, "external": real_results["pytorch"]}
+    driver = JobDriver(recorder, custom, ClusterAccess.from_kubeconfig(kubeconfig), results)
     driver.start()
     add_diagnostic(request, lambda: ("job driver", driver.describe()))
     yield driver

@@ -6,6 +6,7 @@ kwok plays the kubelets; the job driver plays the benchmark Job's last step with
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -212,6 +213,42 @@ def test_operator_restart_mid_suite_creates_no_duplicate_job(
     assert deployments == {naming.backend_name(name, b, p): 1 for b, p in cells}
     assert len({p.job_uid for p in job_driver.published.values()}) == len(cells)
     assert at_stop.get("progress") != status["progress"]
+
+
+def test_the_external_example_measures_its_endpoint_without_deploying_it(
+    custom: k8s.CustomObjectsApi,
+    namespace: str,
+    recorder: NamespaceRecorder,
+    job_driver: JobDriver,
+    operator: Operator,
+) -> None:
+    """examples/external.yaml: a pytorch backend the operator deploys beside a server that
+    already runs, benchmarked as it is (its kind's plug-in deploys nothing)."""
+    example = REPO / "examples" / "external.yaml"
+    name = apply_suite(namespace, example)
+    status = wait_for_suite_phase(custom, namespace, name, FINISHED, SUITE_TIMEOUT_S)
+    assert status["phase"] == "Succeeded", status
+    assert {(c["backend"], c["phase"]) for c in status["cells"]} == {
+        ("pytorch", "Succeeded"),
+        ("prod-triton", "Succeeded"),
+    }
+    with recorder.changed:
+        deployed = {
+            (d["metadata"].get("labels") or {}).get(naming.LABEL_BACKEND)
+            for d in recorder.deployments.final.values()
+        }
+        jobs = list(recorder.jobs.final.values())
+    assert deployed == {"pytorch"}, deployed
+    # The external cell's Job was pointed at the endpoint the suite names.
+    (external_job,) = [
+        j
+        for j in jobs
+        if (j["metadata"].get("labels") or {}).get(naming.LABEL_BACKEND) == "prod-triton"
+    ]
+    env = external_job["spec"]["template"]["spec"]["containers"][0]["env"]
+    config = json.loads(next(e["value"] for e in env if e["name"] == "BAKEOFF_BENCH_CONFIG"))
+    assert config["target"]["httpUrl"] == "http://triton.inference.svc:8000"
+    assert config["target"]["modelName"] == "openclip-vit-b32"
 
 
 def test_each_cell_transition_is_announced_once(
