@@ -110,6 +110,14 @@ def client_bottleneck(result: ScenarioResult) -> Flag | None:
             f"its timers ran {client.loop_lag_p99_ms:.1f} ms late at p99 "
             f"(limit {lag_limit:.1f} ms at a p50 latency of {result.latency.p50_ms:.2f} ms)"
         )
+    run = result.open_loop
+    # Sends that left late are the client's delay by definition: it did not keep its schedule.
+    behind = run is not None and run.late > LATE_SHARE * run.sent
+    if behind and run is not None:
+        reasons.append(
+            f"{run.late} of {run.sent} sends left more than {run.late_threshold_ms:g} ms after "
+            "their scheduled time"
+        )
     if not reasons:
         return None
     workers = f" ({client.workers} client processes, busiest shown)" if client.workers > 1 else ""

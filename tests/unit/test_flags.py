@@ -144,6 +144,16 @@ def test_rate_not_sustained(update: dict[str, float], reason: str) -> None:
     assert reason in flag.message
 
 
+def test_sends_that_left_late_are_the_client_falling_behind() -> None:
+    """Late sends are the client's delay whatever its timer statistics say: its loop lag is
+    under the limit here, yet 2% of the sends left late."""
+    on_time = make.open_loop(100.0, client=make.client(0.1, 1.5))
+    assert flags.client_bottleneck(make.with_run(on_time, late=10)) is None
+    flag = flags.client_bottleneck(make.with_run(on_time, late=20))
+    assert flag is not None and flag.code == FlagCode.CLIENT_BOTTLENECK
+    assert "20 of 1000 sends left more than 2 ms after their scheduled time" in flag.message
+
+
 def test_achieved_rate_is_held_to_the_scheduled_not_the_nominal_rate() -> None:
     # A Poisson schedule of nominal 100/s that drew 900 arrivals in 10 s: 90/s answered is fine.
     assert flags.rate_not_sustained(make.open_loop(100.0, scheduled=900, achieved=90.0)) is None
