@@ -16,6 +16,7 @@ import difflib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, NotRequired, TypedDict, get_args
 
 from pydantic import BaseModel
@@ -303,8 +304,13 @@ def field_required_message(field: str, kind: api.BackendKind) -> tuple[str, str]
     """(message, hint) for a field a kind requires, left out."""
     model = backend_kinds()[kind]
     name = next(n for n in model.model_fields if _alias(model, n) == field)
-    description = model.model_fields[name].description or ""
-    return f"{field} is required for kind {kind.value}", f"set {field}: {description}"
+    info = model.model_fields[name]
+    choices = info.annotation if isinstance(info.annotation, type) else None
+    if choices is not None and issubclass(choices, Enum):
+        hint = f"set {field} to one of: {', '.join(str(c.value) for c in choices)}"
+    else:
+        hint = f"set {field}: {info.description or ''}"
+    return f"{field} is required for kind {kind.value}", hint
 
 
 def kind_field_rules() -> tuple[Rule, ...]:

@@ -231,6 +231,13 @@ def _cross_field_problems_despite(
 def _repair(document: Any, loc: Location, kind: api.BackendKind | None, missing: bool) -> bool:
     """Drop the value at `loc` (its default applies), or put a placeholder where the schema
     requires one. False when neither can be done (the cross-field pass is then skipped)."""
+    in_backend = len(loc) >= 3 and loc[:2] == ("spec", "backends") and isinstance(loc[2], int)
+    if in_backend and (len(loc) == 3 or missing):
+        # A backend of no known kind, or without a field its kind requires: a plain stand-in
+        # of the same name, so the rules across backends still see every name.
+        return _stand_in_backend(document, int(loc[2]))
+    if not missing and not _has(document, loc):
+        return True  # gone with a stand-in put there for an earlier error
     for depth in range(len(loc), 0, -1):
         prefix = loc[:depth]
         if prefix in _PLACEHOLDERS:
@@ -244,6 +251,26 @@ def _repair(document: Any, loc: Location, kind: api.BackendKind | None, missing:
                 del parent[prefix[-1]]
                 return True
     return False
+
+
+def _stand_in_backend(document: Any, index: int) -> bool:
+    backends = _get(document, ("spec", "backends"))
+    if not isinstance(backends, list) or index >= len(backends):
+        return False
+    original = backends[index]
+    name = original.get("name") if isinstance(original, dict) else None
+    backends[index] = {
+        "name": name if isinstance(name, str) else f"backend-{index}",
+        "kind": api.BackendKind.PYTORCH.value,
+    }
+    return True
+
+
+def _has(document: Any, loc: tuple[str | int, ...]) -> bool:
+    parent = _get(document, loc[:-1])
+    if isinstance(parent, dict):
+        return loc[-1] in parent
+    return isinstance(parent, list) and isinstance(loc[-1], int) and loc[-1] < len(parent)
 
 
 def _get(document: Any, loc: tuple[str | int, ...]) -> Any:

@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 import yaml
-from rule_cases import RuleCase, base_suite, changed, rule_cases, rules_without_a_case
+from rule_cases import (
+    DELETE as REMOVE,
+)
+from rule_cases import (
+    RuleCase,
+    base_suite,
+    changed,
+    rule_cases,
+    rules_without_a_case,
+)
 
 from bakeoff import cli, validation
 
@@ -285,6 +294,27 @@ def test_every_problem_is_reported_in_one_pass(tmp_path: Path) -> None:
     assert "spec.backends[0].executionProvider" in paths
     assert "spec.parity.reference" in paths
     assert len(paths) == len(set(paths))  # nothing twice
+
+
+def test_backends_the_schema_refuses_still_count_in_the_rules_across_backends() -> None:
+    """A backend without a field its kind requires, or of an unknown kind, stands in by its
+    name: the duplicate name and the parity hint still see every backend."""
+    document = changed(base_suite(), (
+        ("spec.backends.1.executionProvider", REMOVE),
+        ("spec.backends.2.kind", "tensorflow"),
+        ("spec.backends.0.name", "triton-onnx-trt"),
+        ("spec.parity.reference", "triton-onnx-cud"),
+    ))  # fmt: skip
+    with pytest.raises(validation.SuiteInvalid) as raised:
+        validation.parse_suite(document)
+    problems = {f"{p.path}: {p.message}": p.hint for p in raised.value.problems}
+    assert (
+        "spec.backends[1].executionProvider: executionProvider is required for kind "
+        "triton-onnx" in problems
+    ), problems
+    assert problems["spec.backends: backend names must be unique"] == "repeated: triton-onnx-trt"
+    hint = problems["spec.parity.reference: spec.parity.reference must name one of spec.backends"]
+    assert hint.startswith("'triton-onnx-cud': did you mean 'triton-onnx-cuda'?"), hint
 
 
 def test_a_value_the_schema_refuses_is_not_reported_again_by_the_cross_checks() -> None:
