@@ -112,29 +112,52 @@ def _bench(config: bench_config.BenchConfig, progress: Progress, run_seconds: fl
                 f"the benchmark did not finish within timeouts.runSeconds={run_seconds:g}"
             ) from None
 
-    with _ctrl_c_raises(), asyncio.Runner(loop_factory=bench_client.event_loop_factory()) as runner:
-        return runner.run(bounded())
+    with _ctrl_c_raises() as interrupted:
+        with asyncio.Runner(loop_factory=bench_client.event_loop_factory()) as runner:
+            result = runner.run(bounded())
+        if interrupted.is_set():
+            raise KeyboardInterrupt  # raised inside a callback that swallowed it: stop now
+        return result
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def _raise_interrupt() -> None:
     raise KeyboardInterrupt
 
 
+def _interrupt(interrupted: threading.Event) -> Callable[[int, object], None]:
+    def handler(signum: int, frame: object) -> None:
+        interrupted.set()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not None:
+            # Raised inside a transport's callback, uvloop reports the exception as a fatal
+            # error of that connection and goes on; raised from a callback of the loop's own,
+            # it stops the loop. So both: whichever comes first.
+            loop.call_soon_threadsafe(_raise_interrupt)
+        raise KeyboardInterrupt
+
+    return handler
+
+
 @contextlib.contextmanager
-def _ctrl_c_raises() -> Iterator[None]:
+def _ctrl_c_raises() -> Iterator[threading.Event]:
     """Ctrl-C raises KeyboardInterrupt at once, inside the measurement too.
 
     asyncio.Runner would otherwise turn it into a cancellation of the measuring task, and a
     cancellation that lands while that task awaits a helper it has just cancelled itself (a
     progress reporter, a ticker) is absorbed there: the run went on to the end. Raising from
     the handler stops the loop wherever it is; the caller stops the servers and says so.
+    Yields an event set on Ctrl-C, for an interrupt a callback swallowed.
     """
+    interrupted = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield interrupted
         return
-    previous = signal.signal(signal.SIGINT, _interrupt)
+    previous = signal.signal(signal.SIGINT, _interrupt(interrupted))
     try:
-        yield
+        yield interrupted
     finally:
         signal.signal(signal.SIGINT, previous)
 
