@@ -90,7 +90,7 @@ def pod_templates(settings: OperatorSettings) -> dict[str, dict[str, Any]]:
     )  # fmt: skip
     workloads: list[dict[str, Any]] = []
     for cell in plan.plan_cells(study.spec):
-        if cell.backend.endpoint is None:
+        if manifests.backend_pod(study, cell, settings) is not None:  # external: nothing
             workloads.append(manifests.build_backend_deployment(study, UID, cell, settings))
         workloads.append(manifests.build_bench_job(study, UID, cell, settings, "node-0"))
     return {f"{w['kind']} {w['metadata']['name']}": w["spec"]["template"] for w in workloads}

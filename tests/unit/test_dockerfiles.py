@@ -85,7 +85,7 @@ def test_final_user_is_numeric_non_root(name: str) -> None:
     uid, _, gid = users[-1].partition(":")
     assert uid.isdigit() and int(uid) != 0
     assert not gid or (gid.isdigit() and int(gid) != 0)
-    # The pods run as 1000 (manifests.RESTRICTED_POD); the image agrees.
+    # The pods run as 1000 (pods.RESTRICTED_POD); the image agrees.
     assert int(uid) == 1000
 
 
