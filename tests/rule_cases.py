@@ -2,8 +2,8 @@
 the unit tier runs through `bakeoff validate` and the cluster tier through a real API server.
 
 Each case starts from examples/rtx4080-vs-a100.yaml (backends: 0 pytorch, 1 triton-onnx
-cuda, 2 triton-onnx tensorrt fp16; pools: 0 rtx4080, 1 a100) and expects the problem at
-one field, with the rule's message.
+cuda, 2 triton-onnx tensorrt fp16; pools: 0 rtx4080, 1 a100) with an onnxruntime backend
+added (3), and expects the problem at one field, with the rule's message.
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ from bakeoff import api, rules, validation
 BASE_SUITE = Path(__file__).parents[1] / "examples" / "rtx4080-vs-a100.yaml"
 DELETE = object()
 # Which backend of the base suite is of each kind (external: the case puts one there).
-BACKEND_OF_KIND = {api.BackendKind.PYTORCH: 0, api.BackendKind.TRITON_ONNX: 1}
+BACKEND_OF_KIND = {
+    api.BackendKind.PYTORCH: 0,
+    api.BackendKind.TRITON_ONNX: 1,
+    api.BackendKind.ONNXRUNTIME: 3,
+}
+ONNXRUNTIME = {"name": "ort-cuda", "kind": "onnxruntime", "executionProvider": "cuda"}
 EXTERNAL = {"name": "ext", "kind": "external", "endpoint": {"httpUrl": "http://ext:8000"}}
 # A value for each field only some kinds have, to set where it does not belong.
 KIND_FIELD_SAMPLES: dict[str, Any] = {
@@ -44,6 +49,7 @@ class RuleCase:
 
 def base_suite() -> dict[str, Any]:
     document: dict[str, Any] = yaml.safe_load(BASE_SUITE.read_text())
+    document["spec"]["backends"].append(dict(ONNXRUNTIME))
     return document
 
 

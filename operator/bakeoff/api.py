@@ -69,6 +69,7 @@ class InputFormat(StrEnum):
 class BackendKind(StrEnum):
     PYTORCH = "pytorch"
     TRITON_ONNX = "triton-onnx"
+    ONNXRUNTIME = "onnxruntime"
     EXTERNAL = "external"
 
 
@@ -141,10 +142,9 @@ class BackendBase(StrictModel):
     )
 
 
-class PytorchBackend(BackendBase):
-    """Bakeoff's PyTorch server (FastAPI, KServe v2 over HTTP and gRPC)."""
+class BakeoffServerBackend(BackendBase):
+    """What Bakeoff's own server offers whichever engine runs the model."""
 
-    kind: Literal[BackendKind.PYTORCH]
     precision: Precision = Field(default=Precision.FP32, description=PRECISION)
     dynamic_batching: DynamicBatching | None = Field(default=None, description=BATCHING)
     input_format: WireInput = Field(
@@ -159,6 +159,22 @@ class PytorchBackend(BackendBase):
         default=1, ge=1, le=8,
         description="Model instances per GPU, overlapping copies and compute",
     )  # fmt: skip
+
+
+class PytorchBackend(BakeoffServerBackend):
+    """Bakeoff's PyTorch server (FastAPI, KServe v2 over HTTP and gRPC)."""
+
+    kind: Literal[BackendKind.PYTORCH]
+
+
+class OnnxruntimeBackend(BakeoffServerBackend):
+    """Bakeoff's server with the model exported to ONNX and run by ONNX Runtime (IOBinding;
+    CUDA graphs per batch bucket, or TensorRT engines, on GPU pools)."""
+
+    kind: Literal[BackendKind.ONNXRUNTIME]
+    execution_provider: ExecutionProvider = Field(
+        description="ONNX Runtime's execution provider, cpu, cuda or tensorrt"
+    )
 
 
 class TritonOnnxBackend(BackendBase):
@@ -185,7 +201,8 @@ class ExternalBackend(BackendBase):
 # One model per kind, told apart by `kind`: each kind's fields are its own, and code that
 # handles backends matches on the class, so a kind nobody handles fails the type check.
 Backend = Annotated[
-    PytorchBackend | TritonOnnxBackend | ExternalBackend, Field(discriminator="kind")
+    PytorchBackend | TritonOnnxBackend | OnnxruntimeBackend | ExternalBackend,
+    Field(discriminator="kind"),
 ]
 
 

@@ -146,6 +146,15 @@ def valid_suites(draw: st.DrawFn) -> dict[str, Any]:
                     "maxQueueDelayMicroseconds": draw(st.integers(0, 1_000_000)),
                     "preferredBatchSizes": draw(st.lists(sizes, max_size=4)),
                 }
+        elif kind is api.BackendKind.ONNXRUNTIME:
+            provider = draw(st.sampled_from(list(api.ExecutionProvider)))
+            backend["executionProvider"] = provider.value
+            backend["precision"] = draw(st.sampled_from(["fp32", "fp16"]))
+            backend["inputFormat"] = draw(st.sampled_from(list(api.WireInput))).value
+            if draw(st.booleans()):
+                backend["dynamicBatching"] = {
+                    "maxQueueDelayMicroseconds": draw(st.integers(0, 1_000_000))
+                }
         else:
             backend["endpoint"] = {"httpUrl": f"http://{name}.svc:8000",
                                    "metricsUrl": f"https://{name}.svc:8002/metrics"}  # fmt: skip

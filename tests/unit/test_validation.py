@@ -54,7 +54,7 @@ CASES = [
         "spec.backends.0.kind",
         "tensorflow",
         "spec.backends[0].kind",
-        "'pytorch', 'triton-onnx' or 'external'",
+        "'pytorch', 'triton-onnx', 'onnxruntime' or 'external'",
     ),
     (
         "unknown-provider",
@@ -206,7 +206,10 @@ def test_a_backend_without_a_kind_or_with_an_unknown_one_is_blamed_at_kind() -> 
         with pytest.raises(validation.SuiteInvalid) as raised:
             validation.parse_suite(with_change("spec.backends.1.kind", value))
         problems = {p.path: p.message for p in raised.value.problems}
-        assert "'pytorch', 'triton-onnx' or 'external'" in problems["spec.backends[1].kind"]
+        assert (
+            "'pytorch', 'triton-onnx', 'onnxruntime' or 'external'"
+            in problems["spec.backends[1].kind"]
+        )
 
 
 def test_typo_gets_did_you_mean_hint() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal, NoReturn
 
 from bakeoff_serve import triton_repo
-from bakeoff_serve.options import ExecutionProvider, Precision, WireInput
+from bakeoff_serve.options import Engine, ExecutionProvider, Precision, WireInput
 
 # model_prep.Runtime, restated so `--help` need not import model_prep (it imports torch).
 _PrepRuntime = Literal["python-backend", "onnxruntime-native"]
@@ -58,7 +58,7 @@ def _optional_batch_sizes(text: str) -> tuple[int, ...]:
     return _batch_sizes(text) if text.strip() else ()
 
 
-def _run_pytorch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # Imported here so `--help` and usage errors stay fast (torch takes seconds to import).
     import pydantic
     import torch
@@ -85,6 +85,9 @@ def _run_pytorch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
             max_queue_delay_us=args.max_queue_delay_us,
             gpus=args.gpus,
             instances_per_device=args.instances_per_device,
+            engine=args.engine,
+            execution_provider=getattr(args, "execution_provider", None),
+            cache_dir=getattr(args, "cache_dir", None),
         )
     except pydantic.ValidationError as exc:
         problems = "; ".join(
@@ -101,12 +104,8 @@ def _run_pytorch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return app_main.serve(settings)
 
 
-def _add_pytorch(subparsers: argparse._SubParsersAction[_Parser]) -> None:
-    parser = subparsers.add_parser(
-        "pytorch",
-        help="serve a builtin model with PyTorch over KServe v2 (HTTP + gRPC)",
-        description="The PyTorch Open Inference Protocol server.",
-    )
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags both engines of Bakeoff's own server take."""
     parser.add_argument("--model-name", required=True, help="name served at /v2/models/{name}")
     parser.add_argument("--builtin", required=True, help="builtin model, e.g. vit-b32-clip")
     parser.add_argument("--weights", type=Path, default=None, help="state dict (default: random)")
@@ -150,7 +149,35 @@ def _add_pytorch(subparsers: argparse._SubParsersAction[_Parser]) -> None:
         "--instances-per-device", type=int, default=1,
         help="model instances per device, to overlap copies with compute (default 1)",
     )  # fmt: skip
-    parser.set_defaults(handler=_run_pytorch, command_parser=parser)
+
+
+def _add_pytorch(subparsers: argparse._SubParsersAction[_Parser]) -> None:
+    parser = subparsers.add_parser(
+        "pytorch",
+        help="serve a builtin model with PyTorch over KServe v2 (HTTP + gRPC)",
+        description="Bakeoff's Open Inference Protocol server, the model in PyTorch.",
+    )
+    _add_server_arguments(parser)
+    parser.set_defaults(handler=_run_server, command_parser=parser, engine=Engine.PYTORCH)
+
+
+def _add_onnxruntime(subparsers: argparse._SubParsersAction[_Parser]) -> None:
+    parser = subparsers.add_parser(
+        "onnxruntime",
+        help="serve a builtin model exported to ONNX, in ONNX Runtime, over KServe v2",
+        description="Bakeoff's Open Inference Protocol server, the model in ONNX Runtime "
+        "(IOBinding; on a GPU CUDA graphs per batch bucket, or TensorRT engines).",
+    )
+    _add_server_arguments(parser)
+    parser.add_argument(
+        "--execution-provider", choices=[e.value for e in ExecutionProvider], default=None,
+        help="ONNX Runtime's provider (default: cpu, or cuda with --device cuda)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None,
+        help="exported models and TensorRT engine/timing caches (default ~/.cache/bakeoff)",
+    )  # fmt: skip
+    parser.set_defaults(handler=_run_server, command_parser=parser, engine=Engine.ONNXRUNTIME)
 
 
 def _run_triton_prep(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -268,6 +295,7 @@ def _add_triton(subparsers: argparse._SubParsersAction[_Parser]) -> None:
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction[_Parser]], None]] = [
     _add_pytorch,
+    _add_onnxruntime,
     _add_triton_prep,
     _add_triton,
 ]

@@ -114,7 +114,7 @@ class PhaseTimes:
     output_ns: int  # device -> host
 
 
-class _Preprocessed(torch.nn.Module):
+class WireToModel(torch.nn.Module):
     """Wire dtype -> model dtype (uint8 scaled to [0, 1]) inside the graph, then the model."""
 
     def __init__(self, net: torch.nn.Module, dtype: torch.dtype, scale_uint8: bool) -> None:
@@ -133,7 +133,12 @@ class _Preprocessed(torch.nn.Module):
 
 
 class DeviceRunner:
-    """One model instance on one device, with its buffers and (on CUDA) its graphs."""
+    """One model instance on one device, with its buffers and (on CUDA) its graphs.
+
+    The buffers, staging, phase timing and launch/collect live here; what runs a bucket's
+    forward pass is PyTorch here and ONNX Runtime in `ort_runner.OrtRunner`, which overrides
+    `warm` and `_forward` only.
+    """
 
     def __init__(
         self,
@@ -146,20 +151,12 @@ class DeviceRunner:
         cuda_graphs: bool,
         compile_mode: str | None = None,
     ) -> None:
-        if cuda_graphs and device.type != "cuda":
-            raise ValueError("CUDA graphs need a CUDA device")
-        self.device = device
-        self.precision = precision
-        self.input_format = input_format
-        self.cuda_graphs = cuda_graphs
-        self.buckets = batch_buckets(max_batch_size)
-        host_dtype = INPUT_DTYPES[input_format][2]
+        self._setup_buffers(
+            net.config, device=device, precision=precision, input_format=input_format,
+            max_batch_size=max_batch_size, cuda_graphs=cuda_graphs,
+        )  # fmt: skip
         dtype = PRECISIONS[precision]
-        size = self._size = net.config.image_size
-        self._gpu_decode = (
-            gpu_jpeg_decoder() if input_format == "jpeg" and device.type == "cuda" else None
-        )
-        module = _Preprocessed(
+        module = WireToModel(
             net.to(device=device, dtype=dtype), dtype, input_format in ("uint8", "jpeg")
         ).eval()
         # torch.compile (inductor), under the CUDA graphs when they are on. Only gpu-bench
@@ -168,6 +165,31 @@ class DeviceRunner:
         # start-up, so the server does not offer it.
         self._module: Callable[[torch.Tensor], torch.Tensor] = (
             torch.compile(module, mode=compile_mode, dynamic=False) if compile_mode else module
+        )
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._graph_out: dict[int, torch.Tensor] = {}
+
+    def _setup_buffers(
+        self,
+        config: model.ClipVisionConfig,
+        *,
+        device: torch.device,
+        precision: str,
+        input_format: str,
+        max_batch_size: int,
+        cuda_graphs: bool,
+    ) -> None:
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.device = device
+        self.precision = precision
+        self.input_format = input_format
+        self.cuda_graphs = cuda_graphs
+        self.buckets = batch_buckets(max_batch_size)
+        host_dtype = INPUT_DTYPES[input_format][2]
+        size = self._size = config.image_size
+        self._gpu_decode = (
+            gpu_jpeg_decoder() if input_format == "jpeg" and device.type == "cuda" else None
         )
         on_gpu = device.type == "cuda"
         self._stream = torch.cuda.Stream(device) if on_gpu else None  # type: ignore[no-untyped-call]
@@ -182,13 +204,11 @@ class DeviceRunner:
             for b in self.buckets
         }
         self._host_out = torch.empty(
-            (max_batch_size, net.config.embed_dim), dtype=torch.float32, pin_memory=on_gpu
+            (max_batch_size, config.embed_dim), dtype=torch.float32, pin_memory=on_gpu
         )
         self._events: list[torch.cuda.Event] = []
         if on_gpu:
             self._events = [_timing_event() for _ in range(4)]
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._graph_out: dict[int, torch.Tensor] = {}
 
     def warm(self, batch_sizes: Sequence[int]) -> None:
         """Run (and on CUDA capture) every bucket once; afterwards no request meets a cold path.

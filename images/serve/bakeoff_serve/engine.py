@@ -16,7 +16,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,18 +25,34 @@ from typing import Any, Final
 import numpy as np
 import torch
 
-from bakeoff_serve import batching, device_runner, model, oip, server_metrics
+from bakeoff_serve import (
+    batching,
+    device_runner,
+    model,
+    oip,
+    ort_runner,
+    server_metrics,
+    tritonserver,
+)
+from bakeoff_serve.options import Engine, ExecutionProvider
 
 log = logging.getLogger(__name__)
 
-PLATFORM: Final = "bakeoff_pytorch"
-BACKEND: Final = "pytorch"
+# Engine -> (platform, backend) in the model's metadata and config, as Triton names them.
+PLATFORMS: Final[dict[Engine, tuple[str, str]]] = {
+    Engine.PYTORCH: ("bakeoff_pytorch", "pytorch"),
+    Engine.ONNXRUNTIME: ("bakeoff_onnxruntime", "onnxruntime"),
+}
 MODEL_VERSION: Final = "1"
 _JSON_HEADER_ROOM: Final = 64 * 1024
 
 
 def build_signature(
-    model_name: str, builtin: str, max_batch_size: int, input_format: str = "fp32"
+    model_name: str,
+    builtin: str,
+    max_batch_size: int,
+    input_format: str = "fp32",
+    engine: Engine = Engine.PYTORCH,
 ) -> oip.ModelSignature:
     """The wire signature of a builtin model, known before its weights are loaded."""
     try:
@@ -48,11 +64,12 @@ def build_signature(
     datatype = device_runner.INPUT_DTYPES[input_format][0]
     # A JPEG input is one file per image; its size is in the config's image_size parameter.
     shape = (-1,) if datatype == "BYTES" else (-1, 3, size, size)
+    platform, backend = PLATFORMS[engine]
     return oip.ModelSignature(
         name=model_name,
         version=MODEL_VERSION,
-        platform=PLATFORM,
-        backend=BACKEND,
+        platform=platform,
+        backend=backend,
         max_batch_size=max_batch_size,
         inputs=(oip.TensorSpec(model.INPUT_NAME, datatype, shape),),
         outputs=(oip.TensorSpec(model.OUTPUT_NAME, "FP32", (-1, config.embed_dim)),),
@@ -94,7 +111,16 @@ class InferenceEngine:
         max_queue_delay_us: int = 0,
         gpus: int = 1,
         instances_per_device: int = 1,
+        engine: Engine = Engine.PYTORCH,
+        execution_provider: ExecutionProvider | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
+        self.engine = engine
+        # ONNX Runtime's provider: by default the device's (cpu, or cuda on a GPU).
+        self.execution_provider = execution_provider or (
+            ExecutionProvider.CPU if device == "cpu" else ExecutionProvider.CUDA
+        )
+        self.cache_dir = cache_dir
         self.builtin = builtin
         self.device = torch.device(device)
         self.precision = precision
@@ -142,16 +168,11 @@ class InferenceEngine:
 
     def _load(self, warmup_batch_sizes: tuple[int, ...]) -> None:
         devices = engine_devices(self.device.type, self.gpus)
+        make_runner = (
+            self._onnxruntime_runners() if self.engine is Engine.ONNXRUNTIME else self._torch_runner
+        )
         for device in [d for d in devices for _ in range(self.instances_per_device)]:
-            net, self.provenance = model.build_model(self.builtin, self.weights, self.seed)
-            runner = device_runner.DeviceRunner(
-                net,
-                device=device,
-                precision=self.precision,
-                input_format=self.input_format,
-                max_batch_size=self.max_batch_size,
-                cuda_graphs=self.cuda_graphs,
-            )
+            runner = make_runner(device)
             # On CUDA every bucket, not only the requested warm-up sizes: a request of any
             # size must find its graph captured before the server says it is ready.
             runner.warm(warmup_batch_sizes)
@@ -165,6 +186,41 @@ class InferenceEngine:
             self.runners[0].buckets,
             warmup_batch_sizes,
         )
+
+    def _torch_runner(self, device: torch.device) -> device_runner.DeviceRunner:
+        net, self.provenance = model.build_model(self.builtin, self.weights, self.seed)
+        return device_runner.DeviceRunner(
+            net,
+            device=device,
+            precision=self.precision,
+            input_format=self.input_format,
+            max_batch_size=self.max_batch_size,
+            cuda_graphs=self.cuda_graphs,
+        )
+
+    def _onnxruntime_runners(self) -> Callable[[torch.device], device_runner.DeviceRunner]:
+        """Export the model once (or find it in the cache); then one session set per runner."""
+        provider = self.execution_provider
+        ort_runner.check_provider(provider)  # before minutes of export and engine builds
+        cache_dir = self.cache_dir or tritonserver.default_cache_dir()
+        files = ort_runner.prepare_model_files(
+            self.builtin, self.weights, self.seed, cache_dir,
+            precision=self.precision, input_format=self.input_format,
+            max_batch_size=self.max_batch_size, execution_provider=provider,
+            cuda_graphs=self.cuda_graphs,
+        )  # fmt: skip
+        self.provenance = model.describe_source(self.builtin, self.weights, self.seed)
+        config = model.BUILTIN_MODELS[self.builtin]
+
+        def make(device: torch.device) -> device_runner.DeviceRunner:
+            return ort_runner.OrtRunner(
+                files, config, device=device, precision=self.precision,
+                input_format=self.input_format, max_batch_size=self.max_batch_size,
+                cuda_graphs=self.cuda_graphs, execution_provider=provider,
+                trt_cache_dir=cache_dir / "tensorrt",
+            )  # fmt: skip
+
+        return make
 
     async def infer(
         self, pixels: np.ndarray[Any, Any]
@@ -275,10 +331,18 @@ class InferenceEngine:
         return device_runner.pinned_host_buffer(size)
 
     def runtime(self) -> str:
-        """E.g. "pytorch 2.15.0 cuda fp16 cuda-graphs x2", reported in the model config."""
-        version = torch.__version__.split("+")[0]
-        parts = [f"pytorch {version} {self.device.type} {self.precision}"]
-        if self.cuda_graphs:
+        """E.g. "pytorch 2.15.0 cuda fp16 cuda-graphs x2", reported in the model config;
+        "onnxruntime 1.31.1 cuda fp16 cuda-graphs" (the provider in place of the device)."""
+        runner = self.runners[0] if self.runners else None
+        if isinstance(runner, ort_runner.OrtRunner):
+            where = self.execution_provider.value
+            parts = [f"onnxruntime {runner.runtime_version} {where} {self.precision}"]
+            if runner.graphs_refused:
+                parts.append("(cuda-graphs refused by onnxruntime)")
+        else:
+            version = torch.__version__.split("+")[0]
+            parts = [f"pytorch {version} {self.device.type} {self.precision}"]
+        if runner is not None and runner.cuda_graphs:
             parts.append("cuda-graphs")
         if self.input_format != "fp32":
             parts.append(f"{self.input_format}-input")

@@ -27,16 +27,18 @@ def pytorch_server_command(
     python: str = sys.executable,
     host: str = "127.0.0.1",
     options: Sequence[str] = (),
+    engine: str = "pytorch",
 ) -> process.Command:
     """`python -m bakeoff_serve pytorch ...`, ready when /v2/health/ready answers 200.
 
     `options`: further server flags, e.g. ("--input-format=uint8", "--dynamic-batching").
+    `engine`: "onnxruntime" starts the same server with the model in ONNX Runtime.
     """
     argv = [
         python,
         "-m",
         "bakeoff_serve",
-        "pytorch",
+        engine,
         f"--model-name={model_name}",
         f"--builtin={builtin}",
         f"--device={device}",

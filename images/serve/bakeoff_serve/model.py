@@ -36,6 +36,7 @@ __all__ = [
     "ClipVisionTower",
     "ModelProvenance",
     "build_model",
+    "describe_source",
 ]
 
 
@@ -124,11 +125,15 @@ def build_model(
         model = ClipVisionTower(config)
     finally:
         torch.random.set_rng_state(generator_state)
-    if weights is None:
-        provenance = ModelProvenance(builtin, "random-init", seed, None)
-    else:
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if weights is not None:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-        provenance = ModelProvenance(builtin, str(weights), None, digest)
-    return model.eval(), provenance
+    return model.eval(), describe_source(builtin, weights, seed)
+
+
+def describe_source(builtin: str, weights: Path | None, seed: int) -> ModelProvenance:
+    """Where a builtin model's weights come from, without building it."""
+    if weights is None:
+        return ModelProvenance(builtin, "random-init", seed, None)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    return ModelProvenance(builtin, str(weights), None, digest)

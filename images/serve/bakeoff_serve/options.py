@@ -28,3 +28,10 @@ class ExecutionProvider(StrEnum):
     CPU = "cpu"
     CUDA = "cuda"
     TENSORRT = "tensorrt"
+
+
+class Engine(StrEnum):
+    """What runs the model inside Bakeoff's own server."""
+
+    PYTORCH = "pytorch"
+    ONNXRUNTIME = "onnxruntime"

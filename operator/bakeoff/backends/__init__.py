@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import assert_never
 
 from bakeoff import api
-from bakeoff.backends import external, pytorch, triton_onnx
+from bakeoff.backends import external, onnxruntime, pytorch, triton_onnx
 from bakeoff.backends.base import BackendPlugin, BackendPod, LocalServer
 from bakeoff.backends.external import External
+from bakeoff.backends.onnxruntime import Onnxruntime
 from bakeoff.backends.pytorch import Pytorch
 from bakeoff.backends.triton_onnx import TritonOnnx
 from bakeoff.rules import Rule
@@ -21,7 +22,12 @@ from bakeoff.rules import Rule
 __all__ = ["KIND_RULES", "BackendPlugin", "BackendPod", "LocalServer", "plugin_for"]
 
 # Each kind's own rules, part of the validation table (`validation.RULES`).
-KIND_RULES: tuple[Rule, ...] = (*pytorch.RULES, *triton_onnx.RULES, *external.RULES)
+KIND_RULES: tuple[Rule, ...] = (
+    *pytorch.RULES,
+    *triton_onnx.RULES,
+    *onnxruntime.RULES,
+    *external.RULES,
+)
 
 
 def plugin_for(backend: api.Backend) -> BackendPlugin:
@@ -30,6 +36,8 @@ def plugin_for(backend: api.Backend) -> BackendPlugin:
             return Pytorch(backend)
         case api.TritonOnnxBackend():
             return TritonOnnx(backend)
+        case api.OnnxruntimeBackend():
+            return Onnxruntime(backend)
         case api.ExternalBackend():
             return External(backend)
         case _:

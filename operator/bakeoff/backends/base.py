@@ -37,12 +37,27 @@ class LocalServer:
     target: bench_config.Target
 
 
+@dataclass(frozen=True)
+class Identity:
+    """What a backend is made of, for telling the engine's share of a difference from the
+    server's: two backends that differ in one of these only isolate its effect."""
+
+    server: str  # "bakeoff" (Bakeoff's own server) or "triton"
+    engine: str  # "pytorch", "onnxruntime-cuda", "onnxruntime-tensorrt", ...
+    precision: str
+    wire: str  # the input's wire format: fp32, uint8, jpeg
+
+
 class BackendPlugin(Protocol):
     @property
     def backend(self) -> api.Backend: ...
 
     def describe(self) -> str:
         """What runs, in a few words for progress lines, e.g. 'pytorch server (fp16)'."""
+        ...
+
+    def identity(self) -> Identity | None:
+        """Its server and engine; None when unknown (a server Bakeoff did not start)."""
         ...
 
     def remote_target(self, suite: api.BenchmarkSuite) -> bench_config.Target | None:

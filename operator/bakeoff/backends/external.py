@@ -26,6 +26,9 @@ class External:
     def describe(self) -> str:
         return f"external server at {self.backend.endpoint.http_url}"
 
+    def identity(self) -> None:
+        return None  # whatever serves there, Bakeoff did not choose it
+
     def remote_target(self, suite: api.BenchmarkSuite) -> bench_config.Target:
         endpoint = self.backend.endpoint
         return bench_config.Target(

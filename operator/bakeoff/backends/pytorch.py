@@ -8,6 +8,7 @@ from pathlib import Path
 from bakeoff import api, pods
 from bakeoff.backends.base import (
     BackendPod,
+    Identity,
     LocalServer,
     loopback_target,
     model_args,
@@ -34,7 +35,7 @@ RULES = (
 )  # fmt: skip
 
 
-def server_options(backend: api.PytorchBackend, gpus: int) -> list[str]:
+def server_options(backend: api.BakeoffServerBackend, gpus: int) -> list[str]:
     """The server's serving flags for a pool with `gpus` GPUs (0: CPU).
 
     One model instance per GPU (times instancesPerGpu); CUDA graphs are the server's default
@@ -58,6 +59,11 @@ class Pytorch:
 
     def describe(self) -> str:
         return f"pytorch server ({self.backend.precision.value})"
+
+    def identity(self) -> Identity:
+        backend = self.backend
+        wire = backend.input_format.value
+        return Identity("bakeoff", "pytorch", backend.precision.value, wire)
 
     def remote_target(self, suite: api.BenchmarkSuite) -> bench_config.Target | None:
         return None

@@ -13,6 +13,7 @@ from pathlib import Path
 from bakeoff import api, pods
 from bakeoff.backends.base import (
     BackendPod,
+    Identity,
     LocalServer,
     loopback_target,
     model_args,
@@ -77,6 +78,11 @@ class TritonOnnx:
     def describe(self) -> str:
         backend = self.backend
         return f"triton-onnx server ({backend.execution_provider.value}, {backend.precision.value})"
+
+    def identity(self) -> Identity:
+        backend = self.backend
+        engine = f"onnxruntime-{backend.execution_provider.value}"
+        return Identity("triton", engine, backend.precision.value, "fp32")
 
     def remote_target(self, suite: api.BenchmarkSuite) -> bench_config.Target | None:
         return None

@@ -95,6 +95,7 @@ def create_app(settings: Settings, on_fatal: FatalHandler | None = None) -> Fast
             settings.builtin,
             settings.max_batch_size,
             settings.input_format.value,
+            settings.engine,
         )
         model_engine = engine.InferenceEngine(
             builtin=settings.builtin,
@@ -109,6 +110,9 @@ def create_app(settings: Settings, on_fatal: FatalHandler | None = None) -> Fast
             max_queue_delay_us=settings.max_queue_delay_us,
             gpus=settings.gpus,
             instances_per_device=settings.instances_per_device,
+            engine=settings.engine,
+            execution_provider=settings.execution_provider,
+            cache_dir=settings.cache_dir,
         )
         registry = server_metrics.ServerMetrics()
         registry.register_model(signature.name, signature.version)

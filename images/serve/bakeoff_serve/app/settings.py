@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bakeoff_serve import model_configs
-from bakeoff_serve.options import Precision, WireInput
+from bakeoff_serve.options import Engine, ExecutionProvider, Precision, WireInput
 
 
 class Device(StrEnum):
@@ -58,6 +58,13 @@ class Settings(BaseModel):
     instances_per_device: int = Field(
         default=1, ge=1, le=8, description="Model instances per device (Triton's count)."
     )
+    engine: Engine = Field(default=Engine.PYTORCH, description="What runs the model.")
+    execution_provider: ExecutionProvider | None = Field(
+        default=None, description="onnxruntime: its provider; default cpu, or cuda on a GPU."
+    )
+    cache_dir: Path | None = Field(
+        default=None, description="onnxruntime: exported models and TensorRT engines."
+    )
 
     @property
     def use_cuda_graphs(self) -> bool:
@@ -81,7 +88,11 @@ class Settings(BaseModel):
             raise ValueError(
                 f"warm-up batch sizes {bad} are outside 1..max_batch_size ({self.max_batch_size})"
             )
-        if self.device is Device.CPU and self.precision is Precision.FP16:
+        if (
+            self.device is Device.CPU
+            and self.precision is Precision.FP16
+            and self.engine is Engine.PYTORCH
+        ):
             raise ValueError(
                 "fp16 on cpu is not supported (slow or missing CPU kernels); use fp32 or bf16"
             )
@@ -91,6 +102,23 @@ class Settings(BaseModel):
             raise ValueError(f"--gpus {self.gpus} needs --device cuda")
         if self.max_queue_delay_us and not self.dynamic_batching:
             raise ValueError("a max queue delay needs --dynamic-batching")
+        self._check_engine()
         if self.weights is not None and not self.weights.is_file():
             raise ValueError(f"weights file {self.weights} does not exist")
         return self
+
+    def _check_engine(self) -> None:
+        if self.engine is Engine.PYTORCH:
+            if self.execution_provider is not None:
+                raise ValueError("--execution-provider is the onnxruntime engine's")
+            return
+        if self.precision is Precision.BF16:
+            raise ValueError("onnxruntime serves fp32 and fp16; use --precision fp16")
+        provider = self.execution_provider
+        if provider is None:
+            return
+        if (provider is ExecutionProvider.CPU) != (self.device is Device.CPU):
+            raise ValueError(
+                f"execution provider {provider.value} does not run on --device "
+                f"{self.device.value}: cpu runs on cpu, cuda and tensorrt on cuda"
+            )
