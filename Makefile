@@ -99,6 +99,11 @@ test-gpu: ## On a CUDA machine: the GPU serving paths' correctness (fails withou
 	PYTHONPATH=operator:bench-jobs:images/serve$${PYTHONPATH:+:$$PYTHONPATH} \
 	  $(if $(wildcard $(PY)),$(PY),python3) -m pytest tests/gpu -p no:cacheprovider $(PYTEST_FLAGS)
 
+.PHONY: gpu-bench-onnxruntime
+gpu-bench-onnxruntime: ## On a CUDA machine with onnxruntime-gpu: the onnxruntime kind served vs in-process
+	PYTHONPATH=operator:bench-jobs:images/serve$${PYTHONPATH:+:$$PYTHONPATH} \
+	  $(if $(wildcard $(PY)),$(PY),python3) benchmarks/ort_bench.py --out results/bench/gpu-onnxruntime.json
+
 .PHONY: gpu-bench
 gpu-bench: ## On a CUDA machine: in-process ceiling vs served PyTorch and Triton, one table
 	PYTHONPATH=operator:bench-jobs:images/serve$${PYTHONPATH:+:$$PYTHONPATH} \

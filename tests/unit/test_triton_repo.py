@@ -281,13 +281,14 @@ def test_model_names_the_missing_provider_and_what_is_available(
 ) -> None:
     available = ["AzureExecutionProvider", "CPUExecutionProvider"]
     message = python_model.missing_providers_message(
-        "tensorrt", ["TensorrtExecutionProvider", "CUDAExecutionProvider"], available
+        "tensorrt", ["TensorrtExecutionProvider", "CUDAExecutionProvider"], available, "1.2.3"
     )
     assert "needs TensorrtExecutionProvider, CUDAExecutionProvider" in message
     assert "available: AzureExecutionProvider, CPUExecutionProvider" in message
-    assert "refusing to fall back to CPU" in message
+    assert "refusing to fall back to CPU" in message and "onnxruntime 1.2.3" in message
     assert (
-        python_model.missing_providers_message("cpu", ["CPUExecutionProvider"], available) is None
+        python_model.missing_providers_message("cpu", ["CPUExecutionProvider"], available, "1")
+        is None
     )
 
 

@@ -18,7 +18,7 @@ from google.protobuf import json_format  # type: ignore[import-untyped]  # no st
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from bakeoff_serve import model_configs, oip
-from bakeoff_serve.app.dependencies import EXTENSIONS, SERVER_NAME, ServerState
+from bakeoff_serve.app.dependencies import EXTENSIONS, ServerState, server_name
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return service_pb2.ServerMetadataResponse(
-            name=SERVER_NAME, version=self._state.version, extensions=list(EXTENSIONS)
+            name=server_name(self._state.settings.engine),
+            version=self._state.version,
+            extensions=list(EXTENSIONS),
         )
 
     async def ModelReady(self, request: Any, context: Any) -> Any:

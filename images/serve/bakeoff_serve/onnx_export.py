@@ -290,6 +290,9 @@ def _run_on_cpu(path: Path, pixels: np.ndarray) -> np.ndarray:
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # fp16 graphs: "cannot constant fold" warnings on CPU
+    # ORT_ENABLE_ALL's CPU layout pass crashes ORT 1.32 on the fp16 graph with a dynamic
+    # batch axis (a segfault creating the session); the extended level is what it runs.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     (got,) = session.run([model_lib.OUTPUT_NAME], {model_lib.INPUT_NAME: pixels})
     return np.asarray(got, dtype=np.float32)

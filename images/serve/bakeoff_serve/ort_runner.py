@@ -218,7 +218,13 @@ class OrtRunner(device_runner.DeviceRunner):
         ort = self._ort
         options = ort.SessionOptions()
         options.log_severity_level = 3  # ORT's warnings about CPU shape nodes are ours to say
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # On the CPU provider, ORT_ENABLE_ALL only adds a layout pass (NCHWc, for convs) that
+        # crashes ORT 1.32 on the fp16 graph with a dynamic batch axis: extended there.
+        levels = ort.GraphOptimizationLevel
+        on_cpu = self.execution_provider is ExecutionProvider.CPU
+        options.graph_optimization_level = (
+            levels.ORT_ENABLE_EXTENDED if on_cpu else levels.ORT_ENABLE_ALL
+        )
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.inter_op_num_threads = 1
         if self._intra_op_threads:
@@ -295,7 +301,9 @@ class OrtRunner(device_runner.DeviceRunner):
             self._sync()
 
     def _forward(self, bucket: int) -> torch.Tensor:
-        binding = self._bindings[bucket]
+        binding = self._bindings.get(bucket)
+        if binding is None:  # on CPU only the asked buckets were warmed: bind this one now
+            binding = self._bindings[bucket] = self._bind(bucket, self._session(bucket, False))
         session = self._sessions[self._files.by_bucket[bucket]]
         session.run_with_iobinding(binding, self._run_options)
         return self._device_out[bucket]

@@ -18,6 +18,7 @@ Two things make this more than a demo:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-import onnxruntime as ort
 
 # Exists only inside Triton's Python-backend stub (or on sys.path from the pytriton wheel).
 import triton_python_backend_utils as pb_utils  # type: ignore[import-not-found,unused-ignore]
@@ -92,7 +92,7 @@ def session_providers(
 
 
 def missing_providers_message(
-    execution_provider: str, requested: Sequence[str], available: Sequence[str]
+    execution_provider: str, requested: Sequence[str], available: Sequence[str], version: str
 ) -> str | None:
     """Why this ORT cannot serve the request, or None when every provider is available."""
     missing = [name for name in requested if name not in available]
@@ -100,7 +100,7 @@ def missing_providers_message(
         return None
     return (
         f"executionProvider {execution_provider!r} needs {', '.join(missing)}, which this "
-        f"onnxruntime {ort.__version__} does not provide (available: {', '.join(available)}); "
+        f"onnxruntime {version} does not provide (available: {', '.join(available)}); "
         "refusing to fall back to CPU. Install onnxruntime-gpu with CUDA/TensorRT on a GPU "
         "node, or request executionProvider 'cpu'."
     )
@@ -168,11 +168,32 @@ def output_tensor(name: str, array: np.ndarray) -> Any:
     return pb_utils.Tensor.from_dlpack(name, handoff)
 
 
+def use_python_path(params: Mapping[str, str]) -> None:
+    """Put config.pbtxt's `python_path` first on sys.path: the stub ignores PYTHONPATH."""
+    for entry in reversed(params.get("python_path", "").split(os.pathsep)):
+        if entry and entry not in sys.path:
+            sys.path.insert(0, entry)
+
+
+def import_onnxruntime(execution_provider: str) -> Any:
+    """onnxruntime from the environment the repository was written for; on a GPU provider
+    after torch, when there is one, whose NVIDIA packages load the CUDA libraries
+    (cuBLAS, cuDNN) that onnxruntime-gpu's CUDA provider links."""
+    if execution_provider != "cpu":
+        with contextlib.suppress(ImportError):
+            import torch  # noqa: F401
+    import onnxruntime
+
+    return onnxruntime
+
+
 class OrtModel:
     """The exported ONNX file in an ONNX Runtime session on the requested provider."""
 
     def __init__(self, args: Mapping[str, str], config: Mapping[str, Any]) -> None:
         params = config_parameters(config)
+        use_python_path(params)
+        ort = import_onnxruntime(params.get("execution_provider", "cpu"))
         # The config's "runtime" parameter is what results report; make sure it is true.
         claimed = params.get("onnxruntime_version", "")
         if claimed and claimed != ort.__version__:
@@ -200,7 +221,7 @@ class OrtModel:
         )
         requested = [name for name, _ in providers]
         problem = missing_providers_message(
-            execution_provider, requested, ort.get_available_providers()
+            execution_provider, requested, ort.get_available_providers(), ort.__version__
         )
         if problem:
             raise RuntimeError(problem)
@@ -241,9 +262,7 @@ class TorchModel:
     def __init__(self, args: Mapping[str, str], config: Mapping[str, Any]) -> None:
         params = config_parameters(config)
         # The stub ignores PYTHONPATH: the config says where bakeoff_serve lives if needed.
-        for entry in reversed(params.get("python_path", "").split(os.pathsep)):
-            if entry and entry not in sys.path:
-                sys.path.insert(0, entry)
+        use_python_path(params)
         import torch
 
         from bakeoff_serve import model as model_lib  # type: ignore[import-not-found,unused-ignore]

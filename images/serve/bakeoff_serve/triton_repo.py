@@ -234,6 +234,7 @@ def build_python_backend_config(
     intra_op_threads: int | None = None,
     onnx_filename: str = ONNX_FILENAME,
     model_provenance: str = "",
+    python_path: Sequence[str] = (),
 ) -> str:
     """config.pbtxt text for the Python-backend ONNX Runtime model. Pure.
 
@@ -256,6 +257,8 @@ def build_python_backend_config(
     }
     if intra_op_threads is not None:
         parameters["intra_op_threads"] = str(intra_op_threads)
+    if python_path:
+        parameters["python_path"] = os.pathsep.join(python_path)
     if model_provenance:
         parameters["model_provenance"] = model_provenance
     return config_text(
@@ -368,16 +371,21 @@ def write_python_backend_repository(
     tritonserver stub uses when it runs on this Python environment (see `tritonserver`);
     the model refuses to load if they differ, so the recorded runtime is always true.
     """
+    python_path: tuple[str, ...] = ()
     if onnxruntime_version is None:
         import onnxruntime
 
         onnxruntime_version = str(onnxruntime.__version__)
+        # The stub ignores PYTHONPATH: an onnxruntime found through it here (onnxruntime-gpu
+        # installed beside a system's CPU build) would not be the one the stub imports.
+        python_path = (str(Path(onnxruntime.__file__).parent.parent),)
     text = build_python_backend_config(
         options,
         onnxruntime_version=onnxruntime_version,
         instance_count=instance_count,
         intra_op_threads=intra_op_threads,
         model_provenance=export_provenance(onnx_path),
+        python_path=python_path,
     )
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX model {onnx_path} does not exist; export it first")

@@ -158,7 +158,7 @@ class TritonOnnx:
             spec.model.seed,
             cache_dir or tritonserver.default_cache_dir(),
             max_batch_size=backend.max_batch_size,
-            execution_provider=backend.execution_provider,
+            execution_provider=self._execution_provider(device != "cpu"),
             precision=backend.precision,
             preferred_batch_sizes=batching.preferred_batch_sizes,
             max_queue_delay_us=batching.max_queue_delay_microseconds,

@@ -14,8 +14,14 @@ from fastapi import Depends, Request, Response
 
 from bakeoff_serve import engine, model_configs, oip, server_metrics
 from bakeoff_serve.app.settings import Settings
+from bakeoff_serve.options import Engine
 
-SERVER_NAME = "bakeoff-pytorch"
+
+def server_name(engine: Engine) -> str:
+    """The server's name in its metadata: "bakeoff-pytorch" or "bakeoff-onnxruntime"."""
+    return f"bakeoff-{engine.value}"
+
+
 # Only what this server implements; tritonclient reads this list to pick code paths.
 EXTENSIONS = ("binary_tensor_data", "model_configuration")
 

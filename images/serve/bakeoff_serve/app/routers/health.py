@@ -10,10 +10,10 @@ from fastapi import APIRouter, Response
 
 from bakeoff_serve.app.dependencies import (
     EXTENSIONS,
-    SERVER_NAME,
     StateDep,
     error_response,
     json_response,
+    server_name,
 )
 
 router = APIRouter(tags=["health"])
@@ -22,7 +22,11 @@ router = APIRouter(tags=["health"])
 @router.get("/v2")
 async def server_metadata(state: StateDep) -> Response:
     return json_response(
-        {"name": SERVER_NAME, "version": state.version, "extensions": list(EXTENSIONS)}
+        {
+            "name": server_name(state.settings.engine),
+            "version": state.version,
+            "extensions": list(EXTENSIONS),
+        }
     )
 
 
