@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pydantic import Field
 
-from bakeoff import api
+from bakeoff import api, engine_server
 from bakeoff_bench import intervals
 from bakeoff_bench.models import StrictModel
 from bakeoff_bench.results import CellResult, Flag, FlagCode, RunSummary, ScenarioResult
@@ -91,6 +91,12 @@ class Verdict(StrictModel):
     recommendations: list[str]
     parity: list[ParityCheck]
     notes: list[str] = Field(default_factory=list)
+    # Defaulted: a summary.json written before the split existed still loads.
+    engine_vs_server: engine_server.EngineVsServer = Field(
+        default_factory=engine_server.EngineVsServer,
+        description="Backends that differ in the engine or the server only, and differences "
+        "in both split into the two",
+    )
 
     def summary(self) -> api.Summary:
         return api.Summary(
@@ -507,6 +513,7 @@ def analyze(
         recommendations=recommend(rows, spec.node_pools, spec.verdict),
         parity=parity_checks,
         notes=notes,
+        engine_vs_server=engine_server.split(suite, rows),
     )
 
 

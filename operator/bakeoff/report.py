@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bakeoff.analysis import Range, Verdict, VerdictRow
+from bakeoff.engine_server import Decomposition, Difference, FactorEffect, Split
 from bakeoff_bench import intervals
 from bakeoff_bench.results import CellResult, ScenarioResult
 
@@ -104,6 +105,10 @@ def render_table(verdict: Verdict) -> str:
     lines += render_winners(verdict)
     if any("p99" in r.single_low_sample for r in verdict.rows):
         lines.append("! p99 from fewer than 100 samples: indicative only")
+    sentences = engine_server_items(verdict)
+    if sentences:
+        lines.append("Engine vs server:")
+        lines += [f"  {sentence}" for sentence in sentences]
     return "\n".join(lines)
 
 
@@ -273,6 +278,188 @@ def parity_items(verdict: Verdict) -> list[str]:
     ]
 
 
+ARROW = "\u2192"
+MINUS = "\u2212"
+
+
+def _signed(value: float, fmt: str) -> str:
+    """'+1.20' or '-0.80', with a true minus sign (U+2212), as a reader writes it."""
+    return format(value, "+" + fmt).replace("-", MINUS)
+
+
+def _percent(relative: float | None) -> str:
+    return "" if relative is None else _signed(relative * 100, ".0f") + "%"
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """How a number of the engine-vs-server split is written."""
+
+    name: str
+    unit: str
+    fmt: str
+
+
+P50_SHOWN = _Shown("p50", "ms", ".2f")
+THROUGHPUT_SHOWN = _Shown("throughput", "img/s", ".1f")
+NOISE = "within noise"
+
+
+def _change(
+    delta: float, before: float, shown: _Shown, noisy: bool, also: Sequence[str] = ()
+) -> str:
+    """'-0.80 ms (-25%)': a change and its size relative to where it started; `also` adds
+    details after a semicolon."""
+    relative = _percent(delta / before if before else None)
+    size = ", ".join(n for n in (relative, NOISE if noisy else "") if n)
+    notes = [n for n in (size, ", ".join(also)) if n]
+    detail = f" ({'; '.join(notes)})" if notes else ""
+    return f"{_signed(delta, shown.fmt)} {shown.unit}{detail}"
+
+
+def _difference_text(found: Difference | None, shown: _Shown) -> str:
+    if found is None:
+        return f"{shown.name} not measured"
+    return f"{shown.name} {_change(found.delta, found.before, shown, found.within_noise)}"
+
+
+def _engine_part_per_server(d: Decomposition, part: Split, shown: _Shown) -> list[str]:
+    """With both orders measured, the engine's part in each server: they differ when the
+    engine helps one server more than the other, which a mean alone would hide."""
+    if len({r.first for r in part.routes}) < 2:
+        return []
+    # Engine first changes the engine in the start's server; server first, in the end's.
+    per_server = []
+    for first, server in (("engine", d.start_server), ("server", d.end_server)):
+        parts = [r.engine for r in part.routes if r.first == first]
+        per_server.append(f"{_signed(sum(parts) / len(parts), shown.fmt)} in {server}'s server")
+    return per_server
+
+
+def _split_text(d: Decomposition, part: Split | None, shown: _Shown) -> str:
+    if part is None:
+        return f"{shown.name} not measured"
+    total = _change(part.total, part.before, shown, part.total_within_noise)
+    per_server = _engine_part_per_server(d, part, shown)
+    engine = _change(part.engine, part.before, shown, part.engine_within_noise, per_server)
+    server = _change(part.server, part.before, shown, part.server_within_noise)
+    return f"{shown.name} {total} = engine {engine} + server {server}"
+
+
+def _routes_text(d: Decomposition) -> str:
+    part = d.p50_ms or d.inferences_per_s
+    if part is None:
+        return "-"
+    routes = part.routes
+    named = [f"{r.via} ({r.first} first)" for r in routes]
+    if len({r.first for r in routes}) > 1:
+        return "mean of both orders, via " + " and ".join(named)
+    return "via " + " and ".join(named)
+
+
+def pair_sentence(pair: FactorEffect) -> str:
+    """'pytorch → onnxruntime-cuda (engine, in bakeoff's server, fp32, fp32 input; ...)'."""
+    held = f"in {pair.kept}'s server" if pair.factor == "engine" else f"running {pair.kept}"
+    return (
+        f"{pair.pool}: {pair.changed_from} {ARROW} {pair.changed_to} ({pair.factor}, {held}, "
+        f"{pair.precision}, {pair.wire} input; backends {pair.before} {ARROW} {pair.after}): "
+        f"{_difference_text(pair.p50_ms, P50_SHOWN)}; "
+        f"{_difference_text(pair.inferences_per_s, THROUGHPUT_SHOWN)}"
+    )
+
+
+def decomposition_sentence(d: Decomposition) -> str:
+    """'a (pytorch in bakeoff's server) → c (onnxruntime-cuda in triton's server), ...:
+    p50 +0.40 ms (+13%) = engine -0.80 ms (-25%) + server +1.20 ms (+38%); ...'."""
+    return (
+        f"{d.pool}: {d.start} ({d.start_engine} in {d.start_server}'s server) {ARROW} {d.end} "
+        f"({d.end_engine} in {d.end_server}'s server), {d.precision}, {d.wire} input: "
+        f"{_split_text(d, d.p50_ms, P50_SHOWN)}; "
+        f"{_split_text(d, d.inferences_per_s, THROUGHPUT_SHOWN)}; split {_routes_text(d)}"
+    )
+
+
+def engine_server_items(verdict: Verdict) -> list[str]:
+    found = verdict.engine_vs_server
+    return [*map(pair_sentence, found.pairs), *map(decomposition_sentence, found.decompositions)]
+
+
+def _cell(delta: float, noisy: bool, fmt: str) -> str:
+    return _signed(delta, fmt) + (" ~" if noisy else "")
+
+
+def _difference_cells(found: Difference | None, fmt: str, factor: str) -> list[str]:
+    """value before → after, change, engine part, server part (the unchanged factor's is 0)."""
+    if found is None:
+        return ["-"] * 4
+    change = _cell(found.delta, found.within_noise, fmt)
+    if found.relative is not None:
+        change += f" ({_percent(found.relative)})"
+    part = _cell(found.delta, found.within_noise, fmt)
+    parts = [part, "0"] if factor == "engine" else ["0", part]
+    return [f"{found.before:{fmt}} {ARROW} {found.after:{fmt}}", change, *parts]
+
+
+def _split_cells(part: Split | None, fmt: str) -> list[str]:
+    if part is None:
+        return ["-"] * 4
+    change = _cell(part.total, part.total_within_noise, fmt)
+    if part.relative is not None:
+        change += f" ({_percent(part.relative)})"
+    return [
+        f"{part.before:{fmt}} {ARROW} {part.after:{fmt}}",
+        change,
+        _cell(part.engine, part.engine_within_noise, fmt),
+        _cell(part.server, part.server_within_noise, fmt),
+    ]
+
+
+def engine_server_rows(verdict: Verdict) -> Table:
+    header = ["pool", "backends", "engine", "server", "precision, input", "p50 ms", "p50 change",
+              "p50: engine", "p50: server", "img/s", "img/s change", "img/s: engine",
+              "img/s: server", "split"]  # fmt: skip
+    arrow = f" {ARROW} "
+    rows = []
+    for pair in verdict.engine_vs_server.pairs:
+        changed = f"{pair.changed_from}{arrow}{pair.changed_to}"
+        engine, server = (changed, pair.kept) if pair.factor == "engine" else (pair.kept, changed)
+        rows.append([
+            pair.pool, f"{pair.before}{arrow}{pair.after}", engine, server,
+            f"{pair.precision}, {pair.wire}",
+            *_difference_cells(pair.p50_ms, P50_SHOWN.fmt, pair.factor),
+            *_difference_cells(pair.inferences_per_s, THROUGHPUT_SHOWN.fmt, pair.factor),
+            f"{pair.factor} only",
+        ])  # fmt: skip
+    for d in verdict.engine_vs_server.decompositions:
+        rows.append([
+            d.pool, f"{d.start}{arrow}{d.end}", f"{d.start_engine}{arrow}{d.end_engine}",
+            f"{d.start_server}{arrow}{d.end_server}", f"{d.precision}, {d.wire}",
+            *_split_cells(d.p50_ms, P50_SHOWN.fmt),
+            *_split_cells(d.inferences_per_s, THROUGHPUT_SHOWN.fmt),
+            _routes_text(d),
+        ])  # fmt: skip
+    return header, rows
+
+
+def engine_server_sections(verdict: Verdict) -> list[Section]:
+    """The section, only where the suite has backends that isolate the engine or the server."""
+    if not verdict.engine_vs_server.pairs:
+        return []
+    explanation = (
+        "Backends on one pool that differ in the engine only or the server only (same "
+        "precision and input) measure that factor alone. A difference in both is split "
+        f"through a backend between them: A {ARROW} B changes one factor, B {ARROW} C the "
+        "other, and the two parts add up to the whole; where both orders were measured, "
+        "each part is their mean. Relative changes are of the first backend's number. "
+        f"Lower p50 is faster, higher img/s is more. '~' and '{NOISE}': the intervals "
+        f"overlap or the change is under minEffect ({verdict.min_effect:.0%})."
+    )
+    return [
+        Section("Engine vs server", table=engine_server_rows(verdict),
+                items=(explanation, *engine_server_items(verdict))),
+    ]  # fmt: skip
+
+
 def report_sections(verdict: Verdict, results: Sequence[CellResult]) -> list[Section]:
     winners = tuple(line.strip() for line in render_winners(verdict) if line.startswith("  "))
     return [
@@ -286,6 +473,7 @@ def report_sections(verdict: Verdict, results: Sequence[CellResult]) -> list[Sec
         Section("Open-loop rates", table=rate_rows(results), items=tuple(max_rate_items(results)),
                 empty="No open-loop rate was run."),
         Section("Cold start", table=cold_start_rows(results)),
+        *engine_server_sections(verdict),
         Section("Plots", plots=True),
         Section("Parity", items=tuple(parity_items(verdict)),
                 empty="Only the reference backend ran; nothing to compare."),
@@ -392,7 +580,11 @@ def time_breakdown(result: CellResult) -> dict[str, float] | None:
 
 
 def draw_plots(
-    results: Sequence[CellResult], rows: Sequence[VerdictRow], out_dir: Path, confidence: float
+    results: Sequence[CellResult],
+    rows: Sequence[VerdictRow],
+    out_dir: Path,
+    confidence: float,
+    decompositions: Sequence[Decomposition] = (),
 ) -> list[Path]:
     import matplotlib
 
@@ -529,7 +721,64 @@ def draw_plots(
             axis.grid(alpha=0.3)
             axis.legend(fontsize=8)
         save(fig, "batch-sweep.png")
+
+    if decompositions:
+        fig = _draw_engine_server(plt, decompositions)
+        if fig is not None:
+            save(fig, "engine-vs-server.png")
     return paths
+
+
+def _draw_engine_server(plt: Any, decompositions: Sequence[Decomposition]) -> Any:
+    """Each decomposition as three adjacent bars: the engine part, the server part and the
+    whole difference they add up to (adjacent, not stacked: parts of opposite signs would
+    hide each other in a stack); a part within noise is hatched. One panel for p50, one for
+    throughput, where measured."""
+    from matplotlib.patches import Patch
+
+    panels = [
+        ("Single-image p50 (below 0: faster)", P50_SHOWN, [d.p50_ms for d in decompositions]),
+        ("Best throughput (above 0: more)", THROUGHPUT_SHOWN,
+         [d.inferences_per_s for d in decompositions]),
+    ]  # fmt: skip
+    panels = [panel for panel in panels if any(part is not None for part in panel[2])]
+    if not panels:
+        return None
+    labels = [f"{d.start} {ARROW} {d.end}\n({d.pool})" for d in decompositions]
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.5 * len(panels) + 3, 1.1 * len(decompositions) + 1.8),
+        sharey=True, squeeze=False,
+    )  # fmt: skip
+    height = 0.26
+    colors = {"engine part": "C0", "server part": "C1", "whole difference": "0.45"}
+    # The legend's own patches: a bar's label would carry that bar's hatch.
+    legend = [Patch(color=color, label=name) for name, color in colors.items()]
+    legend.append(Patch(facecolor="0.8", edgecolor="white", hatch="//", label="within noise"))
+    for ax, (title, shown, parts) in zip(axes[0], panels, strict=True):
+        for y, part in enumerate(parts):
+            if part is None:
+                continue
+            bars = (
+                ("engine part", part.engine, part.engine_within_noise, -height),
+                ("server part", part.server, part.server_within_noise, 0.0),
+                ("whole difference", part.total, part.total_within_noise, height),
+            )
+            for name, value, noisy, offset in bars:
+                ax.barh(y + offset, value, height=height, color=colors[name], edgecolor="white",
+                        hatch="//" if noisy else None, alpha=0.5 if noisy else 1.0)  # fmt: skip
+                ax.annotate(_signed(value, shown.fmt), (value, y + offset), fontsize=7,
+                            xytext=(3 if value >= 0 else -3, 0), textcoords="offset points",
+                            ha="left" if value >= 0 else "right", va="center")  # fmt: skip
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.margins(x=0.18)  # room for the numbers at the bars' ends
+        ax.set(xlabel=f"change, {shown.unit}", title=title)
+        ax.grid(alpha=0.3, axis="x")
+    # Beside the panels, where it covers no bar.
+    axes[0][-1].legend(handles=legend, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    axes[0][0].set_yticks(range(len(decompositions)), labels)
+    axes[0][0].invert_yaxis()  # the first decomposition on top, as in the table
+    fig.suptitle("Engine vs server: each difference = its engine part + its server part")
+    return fig
 
 
 def percentile_curve(histogram: Any) -> tuple[list[float], list[float]]:
@@ -550,7 +799,8 @@ def _range(found: intervals.Interval | None) -> Range | None:
 
 def write_report(verdict: Verdict, results: Sequence[CellResult], suite_dir: Path) -> list[Path]:
     """Write summary.json, report.md, report.html and plots/ under `suite_dir`."""
-    plots = draw_plots(results, verdict.rows, suite_dir / "plots", verdict.confidence)
+    plots = draw_plots(results, verdict.rows, suite_dir / "plots", verdict.confidence,
+                       verdict.engine_vs_server.decompositions)  # fmt: skip
     relative = [str(p.relative_to(suite_dir)) for p in plots]
     (suite_dir / "summary.json").write_text(verdict.model_dump_json(by_alias=True, indent=2))
     (suite_dir / "report.md").write_text(render_markdown(verdict, results, relative))
