@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import gpu_bench
 
-from bakeoff_serve import launch, model, ort_runner, process
+from bakeoff_serve import launch, model, ort_runner, process, tritonserver
 from bakeoff_serve.options import ExecutionProvider
 
 # (precision, input format, CUDA graphs)
@@ -142,7 +142,7 @@ def main() -> int:
     card = torch.cuda.get_device_name(0)
     print(f"card: {card}; {args.builtin}, seeded random init (no pretrained weights)", flush=True)
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="bakeoff-ort-bench-"))
-    cache = log_dir / "cache"
+    cache = tritonserver.default_cache_dir()  # the exports the study and the tests made
     reference_rows, reference = gpu_bench.measure_in_process(
         args.builtin, 50, configs=(("fp32", False, "fp32"),)
     )

@@ -9,6 +9,10 @@
 #
 # The nvidia-pytriton wheel (55 MB) is repacked with only the Python-backend stub of the target
 # Python and without the libpython3.13 that only the 3.13 stub needs: about 20 MB smaller.
+#
+# onnxruntime-gpu (a CUDA 13 build, 255 MB) is too large to travel at once: it is cut into
+# pieces of at most 60 MiB in ORT_DIR (default .ort/), with its sha256, to carry one piece per
+# call while the machine stays warm; there, join them (ORT_DIR/join.sh) and install the wheel.
 set -euo pipefail
 
 DIR=${1:-.whl}
@@ -58,3 +62,22 @@ EOF
   (cd "$work/x" && zip -q -r -9 "$OLDPWD/$slim" .)
 fi
 du -sh "$DIR"
+
+ORT_DIR=${ORT_DIR:-.ort}
+ORT_VERSION=${ORT_VERSION:-1.31.1}
+if [ "${SKIP_ORT:-0}" != 1 ] && [ ! -f "$ORT_DIR/SHA256SUMS" ]; then
+  mkdir -p "$ORT_DIR"
+  python3 -m pip download "${args[@]}" -d "$ORT_DIR" "onnxruntime-gpu==$ORT_VERSION"
+  wheel=$(cd "$ORT_DIR" && ls onnxruntime_gpu-*.whl)
+  (cd "$ORT_DIR" && sha256sum "$wheel" > SHA256SUMS && split -b 60M -d "$wheel" "$wheel.part-" && rm "$wheel")
+  cat > "$ORT_DIR/join.sh" <<JOIN
+#!/bin/sh
+# On the GPU machine, once every piece has arrived: the wheel back, checked.
+set -e
+cd "\$(dirname "\$0")"
+cat $wheel.part-* > $wheel
+sha256sum -c SHA256SUMS
+JOIN
+  chmod +x "$ORT_DIR/join.sh"
+fi
+[ "${SKIP_ORT:-0}" = 1 ] || ls -la "$ORT_DIR"

@@ -254,7 +254,10 @@ def prepare_serving_onnx(
     image_size = model_lib.BUILTIN_MODELS[builtin].image_size
     dtype = device_runner.PRECISIONS[precision]
     scaled = wire == "uint8"
-    served = device_runner.WireToModel(copy.deepcopy(net).to(dtype), dtype, scaled).eval()
+    # Traced on a GPU where there is one: every fp16 kernel exists there (on the CPU some
+    # only in recent PyTorch releases); the file is the same either way.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    served = device_runner.WireToModel(copy.deepcopy(net).to(device, dtype), dtype, scaled).eval()
     rows = batch or 2
     shape = (rows, 3, image_size, image_size)
     pixels = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
@@ -264,7 +267,8 @@ def prepare_serving_onnx(
     tmp = Path(tmp_name)
     try:
         with torch.enable_grad():  # see _export_checked: no fused MultiheadAttention path
-            _export_legacy(served, tmp, torch.from_numpy(wire_input), opset, dynamic=batch is None)
+            dummy = torch.from_numpy(wire_input).to(device)
+            _export_legacy(served, tmp, dummy, opset, dynamic=batch is None)
         with torch.inference_mode():
             expected = net(torch.from_numpy(pixels / 255.0).float()).numpy()
         cosine = _min_cosine(_run_on_cpu(tmp, wire_input), expected)
@@ -273,6 +277,7 @@ def prepare_serving_onnx(
                 f"the {precision} ONNX export of {builtin} disagrees with PyTorch fp32: cosine "
                 f"{cosine:.6f} < {MIN_SERVING_COSINE}"
             )
+        del served  # its weights on the GPU, before the server loads its own
         os.replace(tmp, target)
         record = {
             "builtin": builtin, "provenance": provenance.describe(), "torch": torch.__version__,
