@@ -68,6 +68,13 @@ def test_pool_without_nodes_and_backend_never_ready_fail_their_cells_while_other
     assert conditions_by_type(status)["ResultsComplete"]["status"] == "False"
 
     summary = status["summary"]
-    assert summary["winners"]["latency"]["pool"] == "a100"
+    # The verdict stands on the a100 cells alone: a winner there, or a tie within noise (two
+    # CPU-mock servers on a busy machine can be that close).
+    latency = summary["winners"].get("latency")
+    if latency is not None:
+        assert latency["pool"] == "a100"
+    else:
+        tied = summary["ties"]["latency"]["candidates"]
+        assert sorted(tied) == [f"{b}/a100" for b in sorted(backends)]
     assert set(summary["costPer1k"]) == {f"{b}/a100" for b in backends}
     assert len(job_driver.published) == 2  # Jobs ran for the A100 cells only
