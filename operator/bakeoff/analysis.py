@@ -491,7 +491,11 @@ def analyze(
                 backend=backend,
                 pool=pool,
                 ok=False,
-                status=f"failed: {first_line[:100]}",
+                # A backend that cannot exist here (TensorRT without its libraries) says
+                # "not run: why"; anything else failed.
+                status=first_line[:120]
+                if first_line.startswith("not run:")
+                else f"failed: {first_line[:100]}",
                 cost_per_hour=pools[pool].cost_per_hour if pool in pools else 0,
             )
         )

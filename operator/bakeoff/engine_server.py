@@ -297,12 +297,13 @@ def split(suite: api.BenchmarkSuite, rows: Sequence[VerdictRow]) -> EngineVsServ
     """Every pair and decomposition among the suite's trustworthy rows, pool by pool, in the
     suite's order of pools and backends."""
     backends = suite.spec.backends
-    identities = {b.name: plugin_for(b).identity() for b in backends}
     order = {b.name: i for i, b in enumerate(backends)}
     min_effect = suite.spec.verdict.min_effect
     pairs: list[FactorEffect] = []
     decompositions: list[Decomposition] = []
     for pool in suite.spec.node_pools:
+        # Off a GPU every ONNX Runtime backend runs on the CPU provider: its engine says so.
+        identities = {b.name: plugin_for(b).identity(pool.gpus > 0) for b in backends}
         candidates = sorted(
             (
                 _Candidate(row, identity)

@@ -197,3 +197,40 @@ def test_uint8_and_jpeg_pytorch_with_dynamic_batching_agree_with_fp32_triton(
     summary = json.loads((suite_dir / "summary.json").read_text())
     assert {p["backend"] for p in summary["parity"]} == {"pytorch-jpeg", "triton-onnx-cpu"}
     assert all(p["passed"] and p["minCosine"] >= 0.9999 for p in summary["parity"])
+
+
+def test_onnxruntime_splits_the_engine_from_the_server_against_pytorch_and_triton(
+    tmp_path: Path,
+) -> None:
+    """The same ONNX Runtime engine in Bakeoff's server and in Triton, and PyTorch in
+    Bakeoff's server: the verdict says which share of the difference is whose."""
+    suite = yaml.safe_load((SUITES / "tiny.yaml").read_text())
+    suite["spec"]["backends"].append(
+        {"name": "ort-cpu", "kind": "onnxruntime", "executionProvider": "cpu", "maxBatchSize": 8}
+    )
+    suite["spec"]["backends"].append(
+        {"name": "ort-trt", "kind": "onnxruntime", "executionProvider": "tensorrt",
+         "maxBatchSize": 8}
+    )  # fmt: skip
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(suite))
+    done = run_bakeoff("run", "tiny.yaml", "--local", "--out", "out", cwd=tmp_path)
+    suite_dir = tmp_path / "out" / "tiny"
+    ort = json.loads((suite_dir / "cells" / "ort-cpu-local.json").read_text())
+    assert ort["server"]["name"] == "bakeoff-onnxruntime"
+    assert ort["server"]["runtime"].startswith("onnxruntime ")
+    summary = json.loads((suite_dir / "summary.json").read_text())
+    assert {p["backend"]: p["passed"] for p in summary["parity"]}["ort-cpu"] is True
+    # A CPU pool runs every ONNX Runtime backend on the CPU provider: measured, not refused.
+    assert (suite_dir / "cells" / "ort-trt-local.json").is_file()
+    assert done.returncode == 0, done.stderr[-3000:]
+    split = summary["engineVsServer"]
+    # (`before` is whichever the suite lists first)
+    pairs = {frozenset((p["before"], p["after"])): p["factor"] for p in split["pairs"]}
+    assert pairs[frozenset(("pytorch", "ort-cpu"))] == "engine"  # PyTorch -> ORT, our server
+    assert pairs[frozenset(("ort-cpu", "triton-onnx-cpu"))] == "server"  # ours -> Triton
+    chains = [(d["start"], d["end"]) for d in split["decompositions"]]
+    assert ("pytorch", "triton-onnx-cpu") in chains
+    report = (suite_dir / "report.md").read_text()
+    assert "## Engine vs server" in report
+    assert (suite_dir / "plots" / "engine-vs-server.png").is_file()
+    assert servers_left(tmp_path) == []

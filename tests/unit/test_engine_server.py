@@ -29,13 +29,27 @@ PYTORCH_UINT8 = {"name": "pytorch-uint8", "kind": "pytorch", "inputFormat": "uin
 EXTERNAL = {"name": "ext", "kind": "external", "endpoint": {"httpUrl": "http://ext:8000"}}
 
 
-def suite_of(*backends: dict[str, Any], pools: tuple[str, ...] = (POOL,)) -> api.BenchmarkSuite:
+def suite_of(
+    *backends: dict[str, Any], pools: tuple[str, ...] = (POOL,), gpus: int = 1
+) -> api.BenchmarkSuite:
     document = yaml.safe_load(EXAMPLE.read_text())
     document["spec"]["backends"] = [copy.deepcopy(b) for b in backends]
     document["spec"]["parity"]["reference"] = backends[0]["name"]
-    template = document["spec"]["nodePools"][0]
+    template = {**document["spec"]["nodePools"][0], "gpus": gpus}
+    if gpus:
+        template["nodeSelector"] = {"nvidia.com/gpu.present": "true"}
     document["spec"]["nodePools"] = [{**template, "name": name} for name in pools]
     return validation.parse_suite(document)
+
+
+def test_on_a_cpu_pool_every_onnxruntime_engine_is_the_cpu_provider() -> None:
+    tensorrt = {**ORT_CUDA, "name": "ort-trt", "executionProvider": "tensorrt"}
+    suite = suite_of(PYTORCH, ORT_CUDA, tensorrt, gpus=0)
+    results = [measured("pytorch", 10.0, 200.0), measured("ort-cuda", 8.0, 250.0),
+               measured("ort-trt", 7.0, 300.0)]  # fmt: skip
+    found = analysis.analyze(suite, results).engine_vs_server
+    engines = {(p.changed_from, p.changed_to) for p in found.pairs}
+    assert engines == {("pytorch", "onnxruntime-cpu")}  # cuda and tensorrt are the same there
 
 
 def measured(backend: str, p50: float, best: float, pool: str = POOL) -> CellResult:

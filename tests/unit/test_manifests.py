@@ -167,3 +167,33 @@ def test_cpu_mock_pytorch_gets_no_gpu_flags() -> None:
     args = pod_spec(manifests.build_backend_deployment(suite, UID, cell, MOCK))["containers"][0]
     assert "--input-format=uint8" in args["args"]
     assert not [a for a in args["args"] if a.startswith(("--gpus", "--cuda-graphs"))]
+
+
+GPU_STUDY = validation.load_suite(EXAMPLES / "gpu-study.yaml")
+
+
+def _gpu_study_server(backend: str, settings: OperatorSettings) -> dict[str, Any]:
+    cell = next(c for c in plan.plan_cells(GPU_STUDY.spec) if c.backend.name == backend)
+    deployment = manifests.build_backend_deployment(GPU_STUDY, UID, cell, settings)
+    server: dict[str, Any] = pod_spec(deployment)["containers"][0]
+    return server
+
+
+def test_onnxruntime_serves_bakeoffs_server_with_its_provider_and_a_writable_cache() -> None:
+    server = _gpu_study_server("ort-cuda-fp16-graphs", GPU)
+    args = server["args"]
+    assert args[0] == "onnxruntime"
+    assert args[args.index("--precision") + 1] == "fp16"
+    assert args[args.index("--cache-dir") + 1] == "/models"
+    assert "--execution-provider=cuda" in args and "--cuda-graphs" in args
+    assert {"name": "models", "mountPath": "/models"} in server["volumeMounts"]
+    assert server["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    tensorrt = _gpu_study_server("ort-tensorrt-fp16", GPU)["args"]
+    assert "--execution-provider=tensorrt" in tensorrt
+
+
+def test_cpu_mock_onnxruntime_runs_on_the_cpu_provider() -> None:
+    args = _gpu_study_server("ort-tensorrt-fp16", MOCK)["args"]
+    assert args[args.index("--device") + 1] == "cpu"
+    assert "--execution-provider=cpu" in args
+    assert not [a for a in args if a.startswith(("--gpus", "--cuda-graphs"))]

@@ -19,6 +19,7 @@ launch/collect split are the same code. What it adds:
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -51,12 +52,30 @@ class ProviderUnavailableError(ValueError):
     """This onnxruntime cannot run the requested execution provider (it never falls back)."""
 
 
+# The TensorRT libraries onnxruntime-gpu's TensorRT provider loads (TensorRT 10 or later).
+_TENSORRT_LIBRARIES: Final = ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so")
+
+
 def import_onnxruntime() -> Any:
     """onnxruntime, imported after torch so that its CUDA provider finds the CUDA libraries
     torch's NVIDIA packages bring (cuBLAS, cuDNN) already loaded."""
     import onnxruntime
 
+    # Errors only: onnxruntime-gpu 1.31 warns on every CUDA session that no plugin EP device
+    # is registered (it uses its built-in CUDA provider), which buries the server's own log.
+    onnxruntime.set_default_logger_severity(3)
     return onnxruntime
+
+
+def tensorrt_loadable() -> bool:
+    """Whether TensorRT's runtime library loads here (the provider itself is in the wheel)."""
+    for name in _TENSORRT_LIBRARIES:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return True
+    return False
 
 
 def check_provider(execution_provider: ExecutionProvider) -> str:
@@ -64,7 +83,9 @@ def check_provider(execution_provider: ExecutionProvider) -> str:
     ort = import_onnxruntime()
     name = PROVIDER_NAMES[execution_provider]
     available = ort.get_available_providers()
-    if name in available:
+    # onnxruntime-gpu lists TensorRT's provider whether or not TensorRT itself is installed.
+    usable = execution_provider is not ExecutionProvider.TENSORRT or tensorrt_loadable()
+    if name in available and usable:
         return name
     if execution_provider is ExecutionProvider.TENSORRT:
         remedy = (
@@ -73,10 +94,11 @@ def check_provider(execution_provider: ExecutionProvider) -> str:
         )
     else:
         remedy = "onnxruntime-gpu (a CUDA build matching this machine's CUDA and cuDNN)"
+    missing = name if name not in available else f"TensorRT's libraries ({_TENSORRT_LIBRARIES[0]})"
     raise ProviderUnavailableError(
-        f"not run: execution provider {execution_provider.value} needs {name}, which "
-        f"onnxruntime {ort.__version__} here does not have (available: {', '.join(available)}); "
-        f"install {remedy}"
+        f"not run: execution provider {execution_provider.value} needs {missing}, which this "
+        f"machine's onnxruntime {ort.__version__} cannot load (its providers: "
+        f"{', '.join(available)}); install {remedy}"
     )
 
 
@@ -277,6 +299,8 @@ class OrtRunner(device_runner.DeviceRunner):
     def _warm_bucket(self, bucket: int) -> None:
         try:
             self._warm_session(bucket, graphs=self.cuda_graphs)
+        except ProviderUnavailableError:
+            raise  # not the graphs' fault: no provider to run them
         except Exception as error:
             if not self.cuda_graphs:
                 raise

@@ -56,8 +56,9 @@ class BackendPlugin(Protocol):
         """What runs, in a few words for progress lines, e.g. 'pytorch server (fp16)'."""
         ...
 
-    def identity(self) -> Identity | None:
-        """Its server and engine; None when unknown (a server Bakeoff did not start)."""
+    def identity(self, gpu: bool) -> Identity | None:
+        """Its server and engine on a pool with GPUs or without (where every ONNX Runtime
+        runs on its CPU provider); None when unknown (a server Bakeoff did not start)."""
         ...
 
     def remote_target(self, suite: api.BenchmarkSuite) -> bench_config.Target | None:

@@ -26,7 +26,7 @@ class External:
     def describe(self) -> str:
         return f"external server at {self.backend.endpoint.http_url}"
 
-    def identity(self) -> None:
+    def identity(self, gpu: bool) -> None:
         return None  # whatever serves there, Bakeoff did not choose it
 
     def remote_target(self, suite: api.BenchmarkSuite) -> bench_config.Target:

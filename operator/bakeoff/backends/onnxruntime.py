@@ -63,9 +63,9 @@ class Onnxruntime:
         backend = self.backend
         return f"onnxruntime server ({backend.execution_provider.value}, {backend.precision.value})"
 
-    def identity(self) -> Identity:
+    def identity(self, gpu: bool) -> Identity:
         backend = self.backend
-        engine = f"onnxruntime-{backend.execution_provider.value}"
+        engine = f"onnxruntime-{self._execution_provider(gpu).value}"
         return Identity("bakeoff", engine, backend.precision.value, backend.input_format.value)
 
     def remote_target(self, suite: api.BenchmarkSuite) -> bench_config.Target | None:

@@ -60,7 +60,7 @@ class Pytorch:
     def describe(self) -> str:
         return f"pytorch server ({self.backend.precision.value})"
 
-    def identity(self) -> Identity:
+    def identity(self, gpu: bool) -> Identity:
         backend = self.backend
         wire = backend.input_format.value
         return Identity("bakeoff", "pytorch", backend.precision.value, wire)

@@ -79,9 +79,9 @@ class TritonOnnx:
         backend = self.backend
         return f"triton-onnx server ({backend.execution_provider.value}, {backend.precision.value})"
 
-    def identity(self) -> Identity:
+    def identity(self, gpu: bool) -> Identity:
         backend = self.backend
-        engine = f"onnxruntime-{backend.execution_provider.value}"
+        engine = f"onnxruntime-{self._execution_provider(gpu).value}"
         return Identity("triton", engine, backend.precision.value, "fp32")
 
     def remote_target(self, suite: api.BenchmarkSuite) -> bench_config.Target | None:
