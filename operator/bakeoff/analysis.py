@@ -118,6 +118,14 @@ class Verdict(StrictModel):
         )
 
 
+def _failure_status(reason: str) -> str:
+    """'failed: why', or 'not run: why' for a backend that cannot exist on this machine
+    (TensorRT without its libraries), also when a repeat's prefix comes first."""
+    if "not run:" in reason:
+        return reason[reason.index("not run:") :][:120]
+    return f"failed: {reason[:100]}"
+
+
 def cost_per_1k(cost_per_hour: float, inferences_per_s: float) -> float:
     """Price per hour / (3600 x sustained inferences per second) x 1000
     (docs/architecture.md §2, rule 6)."""
@@ -493,9 +501,7 @@ def analyze(
                 ok=False,
                 # A backend that cannot exist here (TensorRT without its libraries) says
                 # "not run: why"; anything else failed.
-                status=first_line[:120]
-                if first_line.startswith("not run:")
-                else f"failed: {first_line[:100]}",
+                status=_failure_status(first_line),
                 cost_per_hour=pools[pool].cost_per_hour if pool in pools else 0,
             )
         )

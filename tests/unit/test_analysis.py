@@ -66,6 +66,16 @@ def test_failed_cell_is_listed_with_its_reason() -> None:
     assert "reference" not in " ".join(verdict.notes)
 
 
+def test_a_backend_that_cannot_exist_here_is_not_run_rather_than_failed() -> None:
+    reason = "run 1 of the repeats: not run: execution provider tensorrt needs TensorRT's libraries"
+    verdict = analysis.analyze(
+        SUITE, [cell("pytorch", "cpu-mock")], [("triton-onnx-cpu", "cpu-mock", reason)]
+    )
+    row = next(r for r in verdict.rows if r.backend == "triton-onnx-cpu")
+    assert row.status.startswith("not run: execution provider tensorrt needs")
+    assert row.ok is False
+
+
 def test_summary_for_status_carries_cost_per_backend_and_pool() -> None:
     verdict = analysis.analyze(SUITE, [cell("pytorch", "cpu-mock", best=100.0)])
     summary = verdict.summary()
