@@ -101,6 +101,20 @@ def _process_tree_rss(pid: int) -> int:
     return total
 
 
+def device_memory_used(device: str) -> int | None:
+    """Memory in use on GPU 0, through NVML, the way Bakeoff's server reports its own VRAM;
+    a local run serves one cell at a time, so at the end of a cell it is that server's.
+    None off a GPU, or without NVML (nvidia-ml-py)."""
+    if device != "cuda":
+        return None
+    try:
+        import torch
+
+        return int(torch.cuda.device_memory_used(0))
+    except Exception:  # no NVML here: the caller falls back to host memory
+        return None
+
+
 def _bench(config: bench_config.BenchConfig, progress: Progress, run_seconds: float) -> CellResult:
     # The load generator's own event loop (uvloop when installed), as in the benchmark Job,
     # stopped after timeouts.runSeconds as the Job's activeDeadlineSeconds would stop it.
@@ -187,8 +201,13 @@ def _measure_started_backend(
         run_s = float(suite.spec.timeouts.run_seconds)
         result = _bench(plan.build_bench_config(suite, cell, server.target), progress, run_s)
         if result.memory_bytes is None:
-            result.memory_bytes = _process_tree_rss(running.process.pid)
-            result.memory_kind = "host-rss"
+            # A server without a GPU-memory metric (Triton's Python backend here).
+            vram = device_memory_used(device)
+            if vram is not None:
+                result.memory_bytes, result.memory_kind = vram, "gpu"
+            else:
+                result.memory_bytes = _process_tree_rss(running.process.pid)
+                result.memory_kind = "host-rss"
         result.time_to_ready_s = running.time_to_ready_s
         result.notes.append(f"served on {device} (local run)")
     return result

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bakeoff import plan, validation
+from bakeoff import local, plan, validation
 from bakeoff.backends.base import warmup_batch_sizes
 from bakeoff.local import LocalRunError, choose_device, choose_pool
 from bakeoff_bench.config import Target
@@ -108,3 +108,10 @@ def test_unknown_pool_lists_the_pools() -> None:
         choose_pool(STUDY.spec, "h100")
     assert choose_pool(STUDY.spec, "a100").name == "a100"
     assert choose_pool(STUDY.spec, None).name == "rtx4080"
+
+
+def test_local_vram_is_read_on_a_gpu_only_and_never_fails_without_nvml() -> None:
+    assert local.device_memory_used("cpu") is None
+    # This machine has no GPU (or no NVML): the caller falls back to host memory, no error.
+    found = local.device_memory_used("cuda")
+    assert found is None or found > 0
