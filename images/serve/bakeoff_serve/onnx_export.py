@@ -254,10 +254,6 @@ def prepare_serving_onnx(
     image_size = model_lib.BUILTIN_MODELS[builtin].image_size
     dtype = device_runner.PRECISIONS[precision]
     scaled = wire == "uint8"
-    # Traced on a GPU where there is one: every fp16 kernel exists there (on the CPU some
-    # only in recent PyTorch releases); the file is the same either way.
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    served = device_runner.WireToModel(copy.deepcopy(net).to(device, dtype), dtype, scaled).eval()
     rows = batch or 2
     shape = (rows, 3, image_size, image_size)
     pixels = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
@@ -266,9 +262,7 @@ def prepare_serving_onnx(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with torch.enable_grad():  # see _export_checked: no fused MultiheadAttention path
-            dummy = torch.from_numpy(wire_input).to(device)
-            _export_legacy(served, tmp, dummy, opset, dynamic=batch is None)
+        _trace(net, tmp, wire_input, dtype, scaled, opset, dynamic=batch is None)
         with torch.inference_mode():
             expected = net(torch.from_numpy(pixels / 255.0).float()).numpy()
         cosine = _min_cosine(_run_on_cpu(tmp, wire_input), expected)
@@ -277,7 +271,6 @@ def prepare_serving_onnx(
                 f"the {precision} ONNX export of {builtin} disagrees with PyTorch fp32: cosine "
                 f"{cosine:.6f} < {MIN_SERVING_COSINE}"
             )
-        del served  # its weights on the GPU, before the server loads its own
         os.replace(tmp, target)
         record = {
             "builtin": builtin, "provenance": provenance.describe(), "torch": torch.__version__,
@@ -288,6 +281,33 @@ def prepare_serving_onnx(
     finally:
         tmp.unlink(missing_ok=True)
     return target
+
+
+def _trace(
+    net: torch.nn.Module, path: Path, wire_input: np.ndarray, dtype: torch.dtype,
+    scaled: bool, opset: int, *, dynamic: bool,
+) -> None:  # fmt: skip
+    """Export the served module: traced on the CPU, or on the GPU where an older PyTorch
+    lacks a CPU kernel in fp16. The CPU first: a local run prepares models in its own
+    process, and memory that process left on the GPU would count in every later backend's
+    VRAM (read for the whole device)."""
+    from bakeoff_serve import device_runner
+
+    devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+    for device in devices:
+        served = device_runner.WireToModel(copy.deepcopy(net).to(device, dtype), dtype, scaled)
+        try:
+            with torch.enable_grad():  # see _export_checked: no fused MultiheadAttention path
+                dummy = torch.from_numpy(wire_input).to(device)
+                _export_legacy(served.eval(), path, dummy, opset, dynamic=dynamic)
+            return
+        except RuntimeError:
+            if device == devices[-1]:
+                raise
+        finally:
+            del served
+            if device == "cuda":
+                torch.cuda.empty_cache()
 
 
 def _run_on_cpu(path: Path, pixels: np.ndarray) -> np.ndarray:
