@@ -87,18 +87,18 @@ def check_provider(execution_provider: ExecutionProvider) -> str:
     usable = execution_provider is not ExecutionProvider.TENSORRT or tensorrt_loadable()
     if name in available and usable:
         return name
-    if execution_provider is ExecutionProvider.TENSORRT:
-        remedy = (
-            "TensorRT's libraries (NVIDIA's Triton or TensorRT images have them; PyPI's "
-            "tensorrt packages download them from NVIDIA at install time)"
+    # The reason first: a verdict table shows the first 120 characters.
+    if name in available:  # listed, but TensorRT itself is missing
+        raise ProviderUnavailableError(
+            f"not run: TensorRT's libraries ({_TENSORRT_LIBRARIES[0]}) are not on this "
+            "machine; install them (NVIDIA's Triton and TensorRT images have them; PyPI's "
+            "tensorrt packages download them from NVIDIA at install time). onnxruntime "
+            f"{ort.__version__} has the {name} but cannot load it"
         )
-    else:
-        remedy = "onnxruntime-gpu (a CUDA build matching this machine's CUDA and cuDNN)"
-    missing = name if name not in available else f"TensorRT's libraries ({_TENSORRT_LIBRARIES[0]})"
     raise ProviderUnavailableError(
-        f"not run: execution provider {execution_provider.value} needs {missing}, which this "
-        f"machine's onnxruntime {ort.__version__} cannot load (its providers: "
-        f"{', '.join(available)}); install {remedy}"
+        f"not run: this onnxruntime ({ort.__version__}) has no {name}; install "
+        "onnxruntime-gpu, a CUDA build matching this machine's CUDA and cuDNN (its "
+        f"providers here: {', '.join(available)})"
     )
 
 
