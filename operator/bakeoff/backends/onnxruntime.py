@@ -18,10 +18,9 @@ from bakeoff.backends.base import (
     Identity,
     LocalServer,
     loopback_target,
-    model_args,
     warmup_batch_sizes,
 )
-from bakeoff.backends.pytorch import server_options
+from bakeoff.backends.pytorch import server_args, server_options
 from bakeoff.rules import Rule
 from bakeoff.settings import OperatorSettings
 from bakeoff_bench import config as bench_config
@@ -82,19 +81,14 @@ class Onnxruntime:
     def pod(
         self, suite: api.BenchmarkSuite, pool: api.NodePool, settings: OperatorSettings
     ) -> BackendPod:
-        backend = self.backend
         gpu = pods.uses_gpu(pool, settings)
-        warm = warmup_batch_sizes(suite.spec, backend.max_batch_size)
-        args = [
-            "onnxruntime", *model_args(suite),
-            "--device", pods.cell_device(pool, settings), "--precision", backend.precision.value,
-            "--host", "0.0.0.0", "--http-port", str(pods.HTTP_PORT),
-            "--grpc-port", str(pods.GRPC_PORT), "--max-batch-size", str(backend.max_batch_size),
-            "--warmup-batch-sizes", ",".join(str(b) for b in warm),
-            # The exported files and TensorRT engines go to the pod's writable models volume.
-            "--cache-dir", pods.MODELS_MOUNT["mountPath"],
+        # The exported files and TensorRT engines go to the pod's writable models volume.
+        options = [
+            "--cache-dir",
+            pods.MODELS_MOUNT["mountPath"],
             *self._options(pool.gpus if gpu else 0),
-        ]  # fmt: skip
+        ]
+        args = server_args("onnxruntime", suite, self.backend, pool, settings, options)
         image = settings.pytorch_image if gpu else settings.cpu_mock_image
         server = pods.server_container(image, args, pool, settings, metrics=False)
         server["volumeMounts"].append(dict(pods.MODELS_MOUNT))

@@ -53,6 +53,26 @@ def server_options(backend: api.BakeoffServerBackend, gpus: int) -> list[str]:
     return options
 
 
+def server_args(
+    command: str,
+    suite: api.BenchmarkSuite,
+    backend: api.BakeoffServerBackend,
+    pool: api.NodePool,
+    settings: OperatorSettings,
+    options: list[str],
+) -> list[str]:
+    """The container args of Bakeoff's server (`command`: its engine) in a cell's pod."""
+    warm = warmup_batch_sizes(suite.spec, backend.max_batch_size)
+    return [
+        command, *model_args(suite),
+        "--device", pods.cell_device(pool, settings), "--precision", backend.precision.value,
+        "--host", "0.0.0.0", "--http-port", str(pods.HTTP_PORT),
+        "--grpc-port", str(pods.GRPC_PORT), "--max-batch-size", str(backend.max_batch_size),
+        "--warmup-batch-sizes", ",".join(str(b) for b in warm),
+        *options,
+    ]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Pytorch:
     backend: api.PytorchBackend
@@ -73,15 +93,8 @@ class Pytorch:
     ) -> BackendPod:
         backend = self.backend
         gpu = pods.uses_gpu(pool, settings)
-        warm = warmup_batch_sizes(suite.spec, backend.max_batch_size)
-        args = [
-            "pytorch", *model_args(suite),
-            "--device", pods.cell_device(pool, settings), "--precision", backend.precision.value,
-            "--host", "0.0.0.0", "--http-port", str(pods.HTTP_PORT),
-            "--grpc-port", str(pods.GRPC_PORT), "--max-batch-size", str(backend.max_batch_size),
-            "--warmup-batch-sizes", ",".join(str(b) for b in warm),
-            *server_options(backend, pool.gpus if gpu else 0),
-        ]  # fmt: skip
+        options = server_options(backend, pool.gpus if gpu else 0)
+        args = server_args("pytorch", suite, backend, pool, settings, options)
         image = settings.pytorch_image if gpu else settings.cpu_mock_image
         server = pods.server_container(image, args, pool, settings, metrics=False)
         return BackendPod(containers=[server], images={"SERVER": image}, metrics_on_own_port=False)
