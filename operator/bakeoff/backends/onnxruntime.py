@@ -17,14 +17,11 @@ from bakeoff.backends.base import (
     BackendPod,
     Identity,
     LocalServer,
-    loopback_target,
-    warmup_batch_sizes,
 )
-from bakeoff.backends.pytorch import server_args, server_options
+from bakeoff.backends.pytorch import local_server, server_args, server_options
 from bakeoff.rules import Rule
 from bakeoff.settings import OperatorSettings
 from bakeoff_bench import config as bench_config
-from bakeoff_serve import launch, process
 from bakeoff_serve.options import ExecutionProvider, Precision
 
 _KIND = api.BackendKind.ONNXRUNTIME
@@ -115,19 +112,5 @@ class Onnxruntime:
             max_batch_size=backend.max_batch_size, execution_provider=provider,
             cuda_graphs=gpus > 0 and backend.cuda_graphs is not False,
         )  # fmt: skip
-        http_port, grpc_port = process.free_port(), process.free_port()
-        command = launch.pytorch_server_command(
-            model_name=spec.model.name,
-            builtin=spec.model.source.builtin.value,
-            device=device,
-            precision=backend.precision.value,
-            http_port=http_port,
-            grpc_port=grpc_port,
-            max_batch_size=backend.max_batch_size,
-            warmup_batch_sizes=warmup_batch_sizes(spec, backend.max_batch_size),
-            seed=spec.model.seed,
-            weights=weights,
-            options=[*self._options(gpus), f"--cache-dir={cache}"],
-            engine="onnxruntime",
-        )
-        return LocalServer(command, loopback_target(suite, http_port, metrics_port=None))
+        options = [*self._options(gpus), f"--cache-dir={cache}"]
+        return local_server("onnxruntime", suite, backend, device, options)

@@ -73,6 +73,34 @@ def server_args(
     ]  # fmt: skip
 
 
+def local_server(
+    engine: str,
+    suite: api.BenchmarkSuite,
+    backend: api.BakeoffServerBackend,
+    device: str,
+    options: list[str],
+) -> LocalServer:
+    """Bakeoff's server (`engine`: pytorch or onnxruntime) as a local process on free ports."""
+    spec = suite.spec
+    http_port, grpc_port = process.free_port(), process.free_port()
+    weights = spec.model.source.weights
+    command = launch.pytorch_server_command(
+        model_name=spec.model.name,
+        builtin=spec.model.source.builtin.value,
+        device=device,
+        precision=backend.precision.value,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        max_batch_size=backend.max_batch_size,
+        warmup_batch_sizes=warmup_batch_sizes(spec, backend.max_batch_size),
+        seed=spec.model.seed,
+        weights=Path(weights) if weights else None,
+        options=options,
+        engine=engine,
+    )
+    return LocalServer(command, loopback_target(suite, http_port, metrics_port=None))
+
+
 @dataclass(frozen=True)
 class Pytorch:
     backend: api.PytorchBackend
@@ -102,21 +130,6 @@ class Pytorch:
     def start_locally(
         self, suite: api.BenchmarkSuite, device: str, work_dir: Path, cache_dir: Path | None
     ) -> LocalServer:
-        spec, backend = suite.spec, self.backend
-        http_port, grpc_port = process.free_port(), process.free_port()
-        weights = spec.model.source.weights
-        command = launch.pytorch_server_command(
-            model_name=spec.model.name,
-            builtin=spec.model.source.builtin.value,
-            device=device,
-            precision=backend.precision.value,
-            http_port=http_port,
-            grpc_port=grpc_port,
-            max_batch_size=backend.max_batch_size,
-            warmup_batch_sizes=warmup_batch_sizes(spec, backend.max_batch_size),
-            seed=spec.model.seed,
-            weights=Path(weights) if weights else None,
-            # A local run serves on one GPU at most (cuda:0), whatever the pool says.
-            options=server_options(backend, 0 if device == "cpu" else 1),
-        )
-        return LocalServer(command, loopback_target(suite, http_port, metrics_port=None))
+        # A local run serves on one GPU at most (cuda:0), whatever the pool says.
+        options = server_options(self.backend, 0 if device == "cpu" else 1)
+        return local_server("pytorch", suite, self.backend, device, options)
