@@ -16,18 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from gpu_helpers import BUILTIN, MIN_COSINE, infer, min_cosine, pixels
 
-from bakeoff import analysis
-from bakeoff_bench import payloads
 from bakeoff_serve import launch, model, model_prep, ort_runner, process, tritonserver
 from bakeoff_serve.options import ExecutionProvider, Precision
 
 pytestmark = pytest.mark.gpu
 
-BUILTIN = "vit-b32-clip"
 CONFIG = model.BUILTIN_MODELS[BUILTIN]
-SIZE = CONFIG.image_size
-MIN_COSINE = 0.999  # the parity gate's default
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,10 +37,6 @@ def cache() -> Path:
     """The machine's model cache: exports are keyed and written atomically, and the study and
     the bench on the same machine reuse them (a ViT-B/32 export and check take seconds)."""
     return tritonserver.default_cache_dir()
-
-
-def pixels(rows: int, seed: int = 5) -> np.ndarray[Any, Any]:
-    return payloads.seeded_pixels(seed, [rows, 3, SIZE, SIZE])
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +58,6 @@ def runner(cache: Path, precision: str, graphs: bool, fmt: str) -> ort_runner.Or
     )  # fmt: skip
     made.warm([])
     return made
-
-
-def min_cosine(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
-    return min(analysis.cosine_rows(a.tolist(), b.tolist()))
 
 
 # Each precision, wire format and graph mode at least once (every case is an export of its
@@ -111,16 +99,6 @@ def test_iobinding_answers_each_request_with_its_own_rows(
     assert min_cosine(reference[2:4], out) >= MIN_COSINE
 
 
-def _infer(base: str, images: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    body, headers = payloads.encode_binary_infer_request("pixel_values", images, "embedding")
-    request = urllib.request.Request(
-        f"{base}/v2/models/vit/infer", data=body, headers=headers, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        outputs = payloads.decode_infer_response(response.read(), dict(response.headers))
-    return np.asarray(outputs["embedding"], dtype=np.float32)
-
-
 def test_the_onnxruntime_server_answers_like_the_reference(
     reference: np.ndarray[Any, Any], cache: Path, tmp_path: Path
 ) -> None:
@@ -135,8 +113,8 @@ def test_the_onnxruntime_server_answers_like_the_reference(
         base = f"http://127.0.0.1:{http}"
         images = pixels(8)
         with ThreadPoolExecutor(8) as pool:
-            rows = list(pool.map(lambda i: _infer(base, images[i : i + 1]), range(8)))
-        whole = _infer(base, images)
+            rows = list(pool.map(lambda i: infer(base, images[i : i + 1]), range(8)))
+        whole = infer(base, images)
         with urllib.request.urlopen(f"{base}/v2/models/vit", timeout=10) as response:
             metadata = json.loads(response.read())
         with urllib.request.urlopen(f"{base}/v2/models/vit/config", timeout=10) as response:
@@ -162,8 +140,8 @@ def test_triton_with_onnxruntime_cuda_answers_like_the_reference(
     with process.running_server(command, tmp_path / "tritonserver.log", ready_timeout_s=600):
         base = f"http://127.0.0.1:{http}"
         images = pixels(8).astype(np.float32) / 255
-        whole = _infer(base, images)
-        one = _infer(base, images[3:4])
+        whole = infer(base, images)
+        one = infer(base, images[3:4])
         with urllib.request.urlopen(f"{base}/v2/models/vit/config", timeout=10) as response:
             config = json.loads(response.read())
     assert min_cosine(reference, whole) >= MIN_COSINE

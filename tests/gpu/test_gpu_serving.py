@@ -18,16 +18,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from gpu_helpers import BUILTIN, MIN_COSINE, SIZE, infer, min_cosine, pixels
 
-from bakeoff import analysis
 from bakeoff_bench import payloads
 from bakeoff_serve import device_runner, engine, launch, model, process
 
 pytestmark = pytest.mark.gpu
-
-BUILTIN = "vit-b32-clip"
-SIZE = model.BUILTIN_MODELS[BUILTIN].image_size
-MIN_COSINE = 0.999  # the parity gate's default
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,19 +41,11 @@ def runner(precision: str, graphs: bool, fmt: str = "fp32") -> device_runner.Dev
     return made
 
 
-def pixels(rows: int, seed: int = 5) -> np.ndarray[Any, Any]:
-    return payloads.seeded_pixels(seed, [rows, 3, SIZE, SIZE])
-
-
 @pytest.fixture(scope="module")
 def reference() -> np.ndarray[Any, Any]:
     """fp32 eager on 8 seeded images: what every other path is held to."""
     out, _ = runner("fp32", False).execute([pixels(8).astype(np.float32) / 255])
     return out
-
-
-def min_cosine(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
-    return min(analysis.cosine_rows(a.tolist(), b.tolist()))
 
 
 def test_fp32_cuda_graph_replays_equal_eager(reference: np.ndarray[Any, Any]) -> None:
@@ -90,16 +78,6 @@ def test_a_padded_bucket_answers_each_request_with_its_own_rows(
     assert min_cosine(reference[:8], out) >= MIN_COSINE
 
 
-def _infer(base: str, images: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    body, headers = payloads.encode_binary_infer_request("pixel_values", images, "embedding")
-    request = urllib.request.Request(
-        f"{base}/v2/models/vit/infer", data=body, headers=headers, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        outputs = payloads.decode_infer_response(response.read(), dict(response.headers))
-    return np.asarray(outputs["embedding"], dtype=np.float32)
-
-
 def test_the_server_on_two_instances_with_dynamic_batching_answers_like_the_reference(
     reference: np.ndarray[Any, Any], tmp_path: Path
 ) -> None:
@@ -113,8 +91,8 @@ def test_the_server_on_two_instances_with_dynamic_batching_answers_like_the_refe
         base = f"http://127.0.0.1:{http}"
         images = pixels(8)
         with ThreadPoolExecutor(8) as pool:
-            rows = list(pool.map(lambda i: _infer(base, images[i : i + 1]), range(8)))
-        whole = _infer(base, images)
+            rows = list(pool.map(lambda i: infer(base, images[i : i + 1]), range(8)))
+        whole = infer(base, images)
         with urllib.request.urlopen(f"{base}/v2/models/vit/config", timeout=10) as response:
             config = json.loads(response.read())
         with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
