@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -176,32 +176,45 @@ def prepare_onnx(
 ) -> Path:
     """The checked ONNX file for this model, exported once per cache key and then reused.
 
-    The file is written under a temporary name and renamed into place, so a concurrent or
-    interrupted export never leaves a half-written file that a later run would reuse.
+    Written atomically, with a sidecar saying what it is (`_cached_export`).
     """
     weights_sha = hashlib.sha256(weights.read_bytes()).hexdigest() if weights else None
     key = export_cache_key(builtin, weights_sha, seed, opset)
     target = cache_dir / f"{builtin}-{key}.onnx"
-    sidecar = target.with_suffix(".json")
-    if target.is_file() and sidecar.is_file():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    net, provenance = model_lib.build_model(builtin, weights, seed)
-    image_size = model_lib.BUILTIN_MODELS[builtin].image_size
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache_dir)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+
+    def export(tmp: Path) -> dict[str, object]:
+        net, provenance = model_lib.build_model(builtin, weights, seed)
+        image_size = model_lib.BUILTIN_MODELS[builtin].image_size
         error = _export_checked(net, tmp, image_size, opset)
-        os.replace(tmp, target)
-        record = {
+        return {
             "builtin": builtin,
             "provenance": provenance.describe(),
             "torch": torch.__version__,
             "opset": opset,
             "max_abs_error_vs_torch": error,
         }
-        # The sidecar marks the export complete and says what the file is.
+
+    return _cached_export(target, export)
+
+
+def _cached_export(target: Path, export: Callable[[Path], dict[str, object]]) -> Path:
+    """`target`, made once by `export` (which writes the file it is given and returns what
+    the sidecar records), then reused.
+
+    The file is written under a temporary name and renamed into place, and the sidecar
+    written after it marks the export complete: a concurrent or interrupted export never
+    leaves a half-written file that a later run would reuse.
+    """
+    sidecar = target.with_suffix(".json")
+    if target.is_file() and sidecar.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        record = export(tmp)
+        os.replace(tmp, target)
         sidecar.write_text(json.dumps(record, indent=2) + "\n")
     finally:
         tmp.unlink(missing_ok=True)
@@ -246,22 +259,15 @@ def prepare_serving_onnx(
     weights_sha = hashlib.sha256(weights.read_bytes()).hexdigest() if weights else None
     key = serving_cache_key(builtin, weights_sha, seed, precision, wire, batch, opset)
     target = cache_dir / f"{builtin}-{precision}-{wire}-b{batch or 'dyn'}-{key}.onnx"
-    sidecar = target.with_suffix(".json")
-    if target.is_file() and sidecar.is_file():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    net, provenance = model_lib.build_model(builtin, weights, seed)
-    image_size = model_lib.BUILTIN_MODELS[builtin].image_size
-    dtype = device_runner.PRECISIONS[precision]
-    scaled = wire == "uint8"
-    rows = batch or 2
-    shape = (rows, 3, image_size, image_size)
-    pixels = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
-    wire_input = pixels if scaled else (pixels / 255.0).astype(np.float32)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache_dir)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+
+    def export(tmp: Path) -> dict[str, object]:
+        net, provenance = model_lib.build_model(builtin, weights, seed)
+        image_size = model_lib.BUILTIN_MODELS[builtin].image_size
+        scaled = wire == "uint8"
+        shape = (batch or 2, 3, image_size, image_size)
+        pixels = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+        wire_input = pixels if scaled else (pixels / 255.0).astype(np.float32)
+        dtype = device_runner.PRECISIONS[precision]
         _trace(net, tmp, wire_input, dtype, scaled, opset, dynamic=batch is None)
         with torch.inference_mode():
             expected = net(torch.from_numpy(pixels / 255.0).float()).numpy()
@@ -271,16 +277,13 @@ def prepare_serving_onnx(
                 f"the {precision} ONNX export of {builtin} disagrees with PyTorch fp32: cosine "
                 f"{cosine:.6f} < {MIN_SERVING_COSINE}"
             )
-        os.replace(tmp, target)
-        record = {
+        return {
             "builtin": builtin, "provenance": provenance.describe(), "torch": torch.__version__,
             "opset": opset, "precision": precision, "wire": wire, "batch": batch,
             "min_cosine_vs_torch_fp32": cosine,
         }  # fmt: skip
-        sidecar.write_text(json.dumps(record, indent=2) + "\n")
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+
+    return _cached_export(target, export)
 
 
 def _trace(
