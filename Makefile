@@ -105,9 +105,9 @@ gpu-bench-onnxruntime: ## On a CUDA machine with onnxruntime-gpu: the onnxruntim
 	  $(if $(wildcard $(PY)),$(PY),python3) benchmarks/ort_bench.py --out results/bench/gpu-onnxruntime.json
 
 .PHONY: gpu-bench
-gpu-bench: ## On a CUDA machine: in-process ceiling vs served PyTorch and Triton, one table
+gpu-bench: ## On a CUDA machine: ceilings (in-process, bare forward) vs served PyTorch (1-4 workers) and Triton, scaling over GPUs, targets
 	PYTHONPATH=operator:bench-jobs:images/serve$${PYTHONPATH:+:$$PYTHONPATH} \
-	  $(if $(wildcard $(PY)),$(PY),python3) benchmarks/gpu_bench.py --out results/bench/gpu.json
+	  $(if $(wildcard $(PY)),$(PY),python3) benchmarks/gpu_bench.py --out results/bench/gpu.json $(GPU_BENCH_FLAGS)
 
 .PHONY: test-cluster
 test-cluster: $(STAMP) ## The operator and the chart on a real control plane (builds or reuses it)

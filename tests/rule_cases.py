@@ -34,6 +34,7 @@ KIND_FIELD_SAMPLES: dict[str, Any] = {
     "inputFormat": "uint8",
     "cudaGraphs": True,
     "instancesPerGpu": 2,
+    "workersPerGpu": 2,
     "executionProvider": "cuda",
     "endpoint": {"httpUrl": "http://ext:8000"},
 }

@@ -159,6 +159,12 @@ class BakeoffServerBackend(BackendBase):
         default=1, ge=1, le=8,
         description="Model instances per GPU, overlapping copies and compute",
     )  # fmt: skip
+    workers_per_gpu: int = Field(
+        default=1, ge=1, le=8,
+        description="Server processes per GPU behind one port (SO_REUSEPORT), each with its "
+        "own event loop and model instances; 2 or more keep a GPU fed with large requests "
+        "(FP32 input at large batches). A pool with gpus: N starts N x workersPerGpu",
+    )  # fmt: skip
 
 
 class PytorchBackend(BakeoffServerBackend):

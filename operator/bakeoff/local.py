@@ -101,18 +101,38 @@ def _process_tree_rss(pid: int) -> int:
     return total
 
 
-def device_memory_used(device: str) -> int | None:
-    """Memory in use on GPU 0, through NVML, the way Bakeoff's server reports its own VRAM;
-    a local run serves one cell at a time, so at the end of a cell it is that server's.
-    None off a GPU, or without NVML (nvidia-ml-py)."""
-    if device != "cuda":
+def device_memory_used(gpus: int) -> int | None:
+    """Memory in use on GPUs 0..gpus-1, through NVML, the way Bakeoff's server reports its
+    own VRAM; a local run serves one cell at a time, so at the end of a cell it is that
+    server's. None off a GPU (gpus 0), or without NVML (nvidia-ml-py)."""
+    if gpus == 0:
         return None
     try:
         import torch
 
-        return int(torch.cuda.device_memory_used(0))
+        return sum(int(torch.cuda.device_memory_used(index)) for index in range(gpus))
     except Exception:  # no NVML here: the caller falls back to host memory
         return None
+
+
+def local_gpus(pool: api.NodePool, device: str, visible: int) -> int:
+    """GPUs a local run serves each backend on: the pool's count, as far as this machine
+    has them (at least one on cuda; none on cpu)."""
+    if device == "cpu":
+        return 0
+    return max(1, min(pool.gpus, visible))
+
+
+def served_on(pool: api.NodePool, gpus: int) -> str:
+    """The note a local cell carries about where it ran."""
+    if gpus == 0:
+        return "served on cpu (local run)"
+    where = "served on cuda:0" if gpus == 1 else f"served on {gpus} GPUs"
+    if gpus < pool.gpus:
+        return (
+            f"{where} (local run; pool '{pool.name}' asks for {pool.gpus}, this machine has {gpus})"
+        )
+    return f"{where} (local run)"
 
 
 def _bench(config: bench_config.BenchConfig, progress: Progress, run_seconds: float) -> CellResult:
@@ -190,7 +210,7 @@ def _measure_started_backend(
     suite: api.BenchmarkSuite,
     cell: plan.Cell,
     server: LocalServer,
-    device: str,
+    gpus: int,
     log_path: Path,
     progress: Progress,
 ) -> CellResult:
@@ -202,21 +222,23 @@ def _measure_started_backend(
         result = _bench(plan.build_bench_config(suite, cell, server.target), progress, run_s)
         if result.memory_bytes is None:
             # A server without a GPU-memory metric (Triton's Python backend here).
-            vram = device_memory_used(device)
+            vram = device_memory_used(gpus)
             if vram is not None:
                 result.memory_bytes, result.memory_kind = vram, "gpu"
             else:
                 result.memory_bytes = _process_tree_rss(running.process.pid)
                 result.memory_kind = "host-rss"
         result.time_to_ready_s = running.time_to_ready_s
-        result.notes.append(f"served on {device} (local run)")
+        result.notes.append(served_on(cell.pool, gpus))
+        if gpus > 1 and isinstance(cell.backend, api.TritonOnnxBackend):
+            result.notes.append("the bundled tritonserver's Python backend runs on cuda:0 only")
     return result
 
 
 def _measure(
     suite: api.BenchmarkSuite,
     cell: plan.Cell,
-    device: str,
+    gpus: int,
     work_dir: Path,
     log_path: Path,
     options: LocalOptions,
@@ -226,16 +248,16 @@ def _measure(
     remote = plugin.remote_target(suite)
     if remote is not None:
         return _measure_external(suite, cell, remote, progress)
-    server = plugin.start_locally(suite, device, work_dir, options.cache_dir)
+    server = plugin.start_locally(suite, gpus, work_dir, options.cache_dir)
     if server is None:
         raise ValueError(f"backend '{cell.backend.name}' has neither an endpoint nor a server")
-    return _measure_started_backend(suite, cell, server, device, log_path, progress)
+    return _measure_started_backend(suite, cell, server, gpus, log_path, progress)
 
 
 def run_cell(
     suite: api.BenchmarkSuite,
     cell: plan.Cell,
-    device: str,
+    gpus: int,
     options: LocalOptions,
     progress: Progress,
     run: int | None = None,
@@ -252,7 +274,7 @@ def run_cell(
         log_file=str(log_path),
     )
     try:
-        result = _measure(suite, cell, device, work_dir, log_path, options, progress)
+        result = _measure(suite, cell, gpus, work_dir, log_path, options, progress)
     except (process.ServerStartError, bench_runner.BenchError, OSError, ValueError) as error:
         outcome.phase = api.CellPhase.FAILED
         outcome.message = str(error)
@@ -270,12 +292,13 @@ def run_local(
 ) -> list[CellOutcome]:
     """Run every backend of the chosen pool; write each outcome as soon as it is known."""
     pool = choose_pool(suite.spec, options.pool)
-    cuda_available = False
+    visible = 0
     if (options.device != "cpu" and pool.gpus > 0) or options.device == "cuda":
         import torch
 
-        cuda_available = torch.cuda.is_available()
-    device = choose_device(pool, options.device, cuda_available)
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = choose_device(pool, options.device, visible > 0)
+    gpus = local_gpus(pool, device, visible)
     cells = [c for c in plan.plan_cells(suite.spec) if c.pool.name == pool.name]
     suite_dir = options.out_dir / suite.metadata.name
     suite_dir.mkdir(parents=True, exist_ok=True)
@@ -297,7 +320,7 @@ def run_local(
 
             cell_progress("preparing")
             run = round_ if repeats > 1 else None
-            outcome = run_cell(suite, cell, device, options, cell_progress, run)
+            outcome = run_cell(suite, cell, gpus, options, cell_progress, run)
             if outcome.phase is api.CellPhase.FAILED:
                 cell_progress(f"FAILED: {outcome.message.splitlines()[0]}")
             else:

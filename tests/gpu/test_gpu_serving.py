@@ -41,6 +41,15 @@ def runner(precision: str, graphs: bool, fmt: str = "fp32") -> device_runner.Dev
     return made
 
 
+def fp16_server(options: list[str]) -> tuple[process.Command, str]:
+    """Model `vit` in fp16 on cuda with these server flags, on free ports; and its URL."""
+    http, grpc = process.free_port(), process.free_port()
+    command = launch.pytorch_server_command(
+        "vit", BUILTIN, "cuda", "fp16", http, grpc, 32, [1], 0, options=options
+    )
+    return command, f"http://127.0.0.1:{http}"
+
+
 @pytest.fixture(scope="module")
 def reference() -> np.ndarray[Any, Any]:
     """fp32 eager on 8 seeded images: what every other path is held to."""
@@ -81,14 +90,10 @@ def test_a_padded_bucket_answers_each_request_with_its_own_rows(
 def test_the_server_on_two_instances_with_dynamic_batching_answers_like_the_reference(
     reference: np.ndarray[Any, Any], tmp_path: Path
 ) -> None:
-    http, grpc = process.free_port(), process.free_port()
-    command = launch.pytorch_server_command(
-        "vit", BUILTIN, "cuda", "fp16", http, grpc, 32, [1], 0,
-        options=["--input-format=uint8", "--instances-per-device=2", "--dynamic-batching",
-                 "--max-queue-delay-us=500"],
-    )  # fmt: skip
+    options = ["--input-format=uint8", "--instances-per-device=2", "--dynamic-batching",
+               "--max-queue-delay-us=500"]  # fmt: skip
+    command, base = fp16_server(options)
     with process.running_server(command, tmp_path / "server.log"):
-        base = f"http://127.0.0.1:{http}"
         images = pixels(8)
         with ThreadPoolExecutor(8) as pool:
             rows = list(pool.map(lambda i: infer(base, images[i : i + 1]), range(8)))
@@ -158,3 +163,41 @@ def test_the_engine_gives_pinned_body_buffers_only_when_it_can_use_them() -> Non
     jpeg = loaded("jpeg")
     assert jpeg.allocate_body(smallest) is None  # JPEGs are decoded, not copied to the GPU
     jpeg.close()
+
+
+def _counters(base: str) -> dict[str, float]:
+    # A connection of its own (urlopen closes it): the kernel may hand it to either worker.
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(("nv_inference_count{", "nv_inference_request_success{")):
+            name = line.split("{")[0]
+            totals[name] = totals.get(name, 0.0) + float(line.split()[-1])
+        if line.startswith('bakeoff_server_workers{state="ready"}'):
+            totals["workers_ready"] = float(line.split()[-1])
+    return totals
+
+
+def test_two_workers_on_one_gpu_answer_like_the_reference_and_their_metrics_add_up(
+    reference: np.ndarray[Any, Any], tmp_path: Path
+) -> None:
+    command, base = fp16_server(["--input-format=uint8", "--workers-per-device=2"])
+    with process.running_server(command, tmp_path / "server.log"):
+        before = _counters(base)
+        images = pixels(8)
+        requests = [images[i % 8 : i % 8 + 1 + i % 3] for i in range(48)]
+        # 16 threads, a connection per request: both workers take some.
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda batch: infer(base, batch), requests))
+        after = _counters(base)
+        log = (tmp_path / "server.log").read_text()
+    for index, answer in enumerate(answers):
+        start = index % 8
+        assert min_cosine(reference[start : start + answer.shape[0]], answer) >= MIN_COSINE
+    sent_images = sum(batch.shape[0] for batch in requests)
+    assert after["nv_inference_count"] - before["nv_inference_count"] == sent_images
+    assert after["nv_inference_request_success"] - before["nv_inference_request_success"] == 48
+    assert after["workers_ready"] == 2
+    served_by = {line.split()[3] for line in log.splitlines() if "model vit ready after" in line}
+    assert served_by == {"worker-0", "worker-1"}  # both loaded the model on cuda:0

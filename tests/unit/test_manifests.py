@@ -137,11 +137,12 @@ def _suite_with(backend_changes: dict[str, Any], gpus: int) -> Any:
     return validation.parse_suite(document)
 
 
-def test_pytorch_on_a_two_gpu_pool_serves_one_instance_per_gpu_with_its_options() -> None:
+def test_pytorch_on_a_two_gpu_pool_serves_workers_per_gpu_with_its_options() -> None:
     suite = _suite_with(
         {
             "inputFormat": "uint8",
             "instancesPerGpu": 2,
+            "workersPerGpu": 3,
             "cudaGraphs": False,
             "dynamicBatching": {"maxQueueDelayMicroseconds": 100},
         },
@@ -153,6 +154,7 @@ def test_pytorch_on_a_two_gpu_pool_serves_one_instance_per_gpu_with_its_options(
     for flag in (
         "--input-format=uint8",
         "--gpus=2",
+        "--workers-per-device=3",  # 2 GPUs x 3: six server processes behind one port
         "--instances-per-device=2",
         "--no-cuda-graphs",
         "--dynamic-batching",

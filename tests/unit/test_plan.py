@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bakeoff import local, plan, validation
+from bakeoff import api, local, plan, validation
 from bakeoff.backends.base import warmup_batch_sizes
 from bakeoff.local import LocalRunError, choose_device, choose_pool
 from bakeoff_bench.config import Target
@@ -111,7 +111,21 @@ def test_unknown_pool_lists_the_pools() -> None:
 
 
 def test_local_vram_is_read_on_a_gpu_only_and_never_fails_without_nvml() -> None:
-    assert local.device_memory_used("cpu") is None
+    assert local.device_memory_used(0) is None
     # This machine has no GPU (or no NVML): the caller falls back to host memory, no error.
-    found = local.device_memory_used("cuda")
+    found = local.device_memory_used(1)
     assert found is None or found > 0
+
+
+def test_local_run_serves_on_the_pools_gpus_as_far_as_the_machine_has_them() -> None:
+    pool = api.NodePool(name="h200x4", gpus=4, cost_per_hour=1.0)
+    assert local.local_gpus(pool, "cuda", visible=8) == 4
+    assert local.local_gpus(pool, "cuda", visible=1) == 1
+    assert local.local_gpus(pool, "cpu", visible=8) == 0
+    cpu_pool = api.NodePool(name="cpu", gpus=0, cost_per_hour=1.0)
+    assert local.local_gpus(cpu_pool, "cuda", visible=2) == 1
+    assert local.served_on(pool, 4) == "served on 4 GPUs (local run)"
+    assert local.served_on(pool, 1) == (
+        "served on cuda:0 (local run; pool 'h200x4' asks for 4, this machine has 1)"
+    )
+    assert local.served_on(pool, 0) == "served on cpu (local run)"

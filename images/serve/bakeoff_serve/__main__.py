@@ -85,6 +85,7 @@ def _run_server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             max_queue_delay_us=args.max_queue_delay_us,
             gpus=args.gpus,
             instances_per_device=args.instances_per_device,
+            workers_per_device=args.workers_per_device,
             engine=args.engine,
             execution_provider=getattr(args, "execution_provider", None),
             cache_dir=getattr(args, "cache_dir", None),
@@ -143,8 +144,14 @@ def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --dynamic-batching: how long a batch may wait to fill up (default 0)",
     )  # fmt: skip
     parser.add_argument(
-        "--gpus", type=int, default=1, help="serve on GPUs 0..N-1, one model instance each"
-    )
+        "--gpus", type=int, default=1,
+        help="serve on GPUs 0..N-1, each with its own worker processes (default 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workers-per-device", type=int, default=1,
+        help="server processes per GPU (or on the CPU), one port shared by SO_REUSEPORT; "
+        "more than one feeds a GPU large requests from several event loops (default 1)",
+    )  # fmt: skip
     parser.add_argument(
         "--instances-per-device", type=int, default=1,
         help="model instances per device, to overlap copies with compute (default 1)",

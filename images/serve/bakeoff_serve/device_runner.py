@@ -263,6 +263,26 @@ class DeviceRunner:
         out: torch.Tensor = self._module(self._device_in[bucket])
         return out
 
+    def time_forward(self, batch: int, repeats: int) -> float:
+        """Milliseconds per forward pass of `batch`'s bucket, its input already on the GPU:
+        the graph replay (or eager module) alone, back to back, timed by CUDA events.
+
+        gpu-bench's bare ceiling: no request, no copy, no host wait between passes.
+        """
+        if self._stream is None:
+            raise ValueError("the bare forward pass is timed on a CUDA device")
+        bucket = bucket_for(batch, self.buckets)
+        with torch.inference_mode(), self._on_stream():
+            for _ in range(10):
+                self._forward(bucket)
+            start, end = _timing_event(), _timing_event()
+            start.record(self._stream)
+            for _ in range(repeats):
+                self._forward(bucket)
+            end.record(self._stream)
+        self._sync()
+        return _event_ns(start, end) / 1e6 / repeats
+
     def _on_stream(self) -> contextlib.AbstractContextManager[Any]:
         return torch.cuda.stream(self._stream) if self._stream else contextlib.nullcontext()
 

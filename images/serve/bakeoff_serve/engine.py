@@ -16,7 +16,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,14 +76,15 @@ def build_signature(
     )
 
 
-def engine_devices(device: str, gpus: int) -> list[torch.device]:
-    """cpu -> [cpu]; cuda with n GPUs -> cuda:0 .. cuda:n-1 (the pod's visible GPUs)."""
+def engine_devices(device: str, gpu_indices: Sequence[int]) -> list[torch.device]:
+    """cpu -> [cpu]; cuda -> the given CUDA devices (indices among the pod's visible GPUs)."""
     if device == "cpu":
         return [torch.device("cpu")]
     available = torch.cuda.device_count()
-    if gpus > available:
-        raise ValueError(f"{gpus} GPUs requested but this machine shows {available}")
-    return [torch.device("cuda", index) for index in range(gpus)]
+    missing = [index for index in gpu_indices if not 0 <= index < available]
+    if missing:
+        raise ValueError(f"GPU {missing[0]} requested but this machine shows {available}")
+    return [torch.device("cuda", index) for index in gpu_indices]
 
 
 @dataclass
@@ -109,7 +110,7 @@ class InferenceEngine:
         cuda_graphs: bool = False,
         dynamic_batching: bool = False,
         max_queue_delay_us: int = 0,
-        gpus: int = 1,
+        gpu_indices: Sequence[int] = (0,),
         instances_per_device: int = 1,
         engine: Engine = Engine.PYTORCH,
         execution_provider: ExecutionProvider | None = None,
@@ -131,7 +132,7 @@ class InferenceEngine:
         self.cuda_graphs = cuda_graphs
         self.dynamic_batching = dynamic_batching
         self.max_queue_delay_ns = max_queue_delay_us * 1000
-        self.gpus = gpus
+        self.gpu_indices = tuple(gpu_indices)
         # Several instances on one device overlap one batch's copies (and the event loop's
         # turn) with another's forward pass, like Triton's instance_group count.
         self.instances_per_device = instances_per_device
@@ -167,7 +168,7 @@ class InferenceEngine:
         return time.perf_counter() - started
 
     def _load(self, warmup_batch_sizes: tuple[int, ...]) -> None:
-        devices = engine_devices(self.device.type, self.gpus)
+        devices = engine_devices(self.device.type, self.gpu_indices)
         make_runner = (
             self._onnxruntime_runners() if self.engine is Engine.ONNXRUNTIME else self._torch_runner
         )
@@ -348,17 +349,11 @@ class InferenceEngine:
             parts.append(f"{self.input_format}-input")
         if self.dynamic_batching:
             parts.append(f"dynamic-batching {self.max_queue_delay_ns // 1000}us")
-        if self.gpus > 1 and self.device.type == "cuda":
-            parts.append(f"x{self.gpus}")
+        if len(self.gpu_indices) > 1 and self.device.type == "cuda":
+            parts.append(f"x{len(self.gpu_indices)}")
         if self.instances_per_device > 1:
             parts.append(f"{self.instances_per_device} instances per device")
         return " ".join(parts)
-
-    def gpu_samples(self) -> list[server_metrics.GpuSample]:
-        """Memory and utilisation of the GPUs in use; empty on CPU."""
-        if self.device.type != "cuda":
-            return []
-        return [_gpu_sample(index) for index in range(self.gpus)]
 
     def close(self) -> None:
         if self._scheduler is not None:
@@ -366,6 +361,11 @@ class InferenceEngine:
         self._loader.shutdown(wait=True, cancel_futures=True)
         for executor in self._executors:
             executor.shutdown(wait=True, cancel_futures=True)
+
+
+def gpu_samples(indices: Iterable[int]) -> list[server_metrics.GpuSample]:
+    """Memory and utilisation of these GPUs (a scrape reports the server's, every worker's)."""
+    return [_gpu_sample(index) for index in indices]
 
 
 def _gpu_sample(index: int) -> server_metrics.GpuSample:

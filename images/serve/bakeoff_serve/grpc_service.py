@@ -70,7 +70,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
         return service_pb2.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return service_pb2.ServerReadyResponse(ready=self._state.engine.ready)
+        return service_pb2.ServerReadyResponse(ready=self._state.server_ready())
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         return service_pb2.ServerMetadataResponse(
@@ -84,7 +84,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type:
             oip.resolve_model(self._state.signature, request.name, request.version)
         except oip.OipError as error:
             await _abort(context, error)
-        return service_pb2.ModelReadyResponse(ready=self._state.engine.ready)
+        return service_pb2.ModelReadyResponse(ready=self._state.server_ready())
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         try:

@@ -31,8 +31,8 @@ class Command:
     ready_url: str = ""  # GET answers 200 once the server is ready (warm)
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask Linux to SIGTERM it when the runner dies.
+def die_with_parent() -> None:
+    """Runs in the child (before exec): ask Linux to SIGTERM it when its parent dies.
 
     A `kill -9` of the runner skips every `finally`; this keeps servers from outliving it.
     """
@@ -109,7 +109,7 @@ def running_server(
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
     try:
         deadline = started + ready_timeout_s

@@ -72,10 +72,10 @@ class BackendPlugin(Protocol):
         ...
 
     def start_locally(
-        self, suite: api.BenchmarkSuite, device: str, work_dir: Path, cache_dir: Path | None
+        self, suite: api.BenchmarkSuite, gpus: int, work_dir: Path, cache_dir: Path | None
     ) -> LocalServer | None:
         """Prepare (export, write a model repository) and say how to start the server on
-        this machine; None when nothing is started."""
+        this machine, on `gpus` GPUs (0: on the CPU); None when nothing is started."""
         ...
 
 

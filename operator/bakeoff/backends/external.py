@@ -43,6 +43,6 @@ class External:
         return None
 
     def start_locally(
-        self, suite: api.BenchmarkSuite, device: str, work_dir: Path, cache_dir: Path | None
+        self, suite: api.BenchmarkSuite, gpus: int, work_dir: Path, cache_dir: Path | None
     ) -> LocalServer | None:
         return None

@@ -92,13 +92,12 @@ class Onnxruntime:
         return BackendPod(containers=[server], images={"SERVER": image}, metrics_on_own_port=False)
 
     def start_locally(
-        self, suite: api.BenchmarkSuite, device: str, work_dir: Path, cache_dir: Path | None
+        self, suite: api.BenchmarkSuite, gpus: int, work_dir: Path, cache_dir: Path | None
     ) -> LocalServer:
         # Imported here: the export pulls in torch and onnx.
         from bakeoff_serve import ort_runner, tritonserver
 
         spec, backend = suite.spec, self.backend
-        gpus = 0 if device == "cpu" else 1  # a local run serves on cuda:0 at most
         provider = self._execution_provider(gpus > 0)
         # Refused here, before an export: "not run" where the provider cannot exist.
         ort_runner.check_provider(provider)
@@ -113,4 +112,4 @@ class Onnxruntime:
             cuda_graphs=gpus > 0 and backend.cuda_graphs is not False,
         )  # fmt: skip
         options = [*self._options(gpus), f"--cache-dir={cache}"]
-        return local_server("onnxruntime", suite, backend, device, options)
+        return local_server("onnxruntime", suite, backend, gpus, options)

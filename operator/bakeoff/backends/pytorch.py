@@ -38,12 +38,17 @@ RULES = (
 def server_options(backend: api.BakeoffServerBackend, gpus: int) -> list[str]:
     """The server's serving flags for a pool with `gpus` GPUs (0: CPU).
 
-    One model instance per GPU (times instancesPerGpu); CUDA graphs are the server's default
-    on a GPU and do not exist on CPU, so an explicit choice is passed on GPUs only.
+    workersPerGpu server processes per GPU, each with instancesPerGpu model instances; CUDA
+    graphs are the server's default on a GPU and do not exist on CPU, so an explicit choice
+    is passed on GPUs only.
     """
     options = [f"--input-format={backend.input_format.value}"]
     if gpus > 0:
-        options += [f"--gpus={gpus}", f"--instances-per-device={backend.instances_per_gpu}"]
+        options += [
+            f"--gpus={gpus}",
+            f"--workers-per-device={backend.workers_per_gpu}",
+            f"--instances-per-device={backend.instances_per_gpu}",
+        ]
         if backend.cuda_graphs is not None:
             options.append("--cuda-graphs" if backend.cuda_graphs else "--no-cuda-graphs")
     if backend.dynamic_batching is not None:
@@ -77,7 +82,7 @@ def local_server(
     engine: str,
     suite: api.BenchmarkSuite,
     backend: api.BakeoffServerBackend,
-    device: str,
+    gpus: int,
     options: list[str],
 ) -> LocalServer:
     """Bakeoff's server (`engine`: pytorch or onnxruntime) as a local process on free ports."""
@@ -87,7 +92,7 @@ def local_server(
     command = launch.pytorch_server_command(
         model_name=spec.model.name,
         builtin=spec.model.source.builtin.value,
-        device=device,
+        device="cuda" if gpus else "cpu",
         precision=backend.precision.value,
         http_port=http_port,
         grpc_port=grpc_port,
@@ -128,8 +133,7 @@ class Pytorch:
         return BackendPod(containers=[server], images={"SERVER": image}, metrics_on_own_port=False)
 
     def start_locally(
-        self, suite: api.BenchmarkSuite, device: str, work_dir: Path, cache_dir: Path | None
+        self, suite: api.BenchmarkSuite, gpus: int, work_dir: Path, cache_dir: Path | None
     ) -> LocalServer:
-        # A local run serves on one GPU at most (cuda:0), whatever the pool says.
-        options = server_options(self.backend, 0 if device == "cpu" else 1)
-        return local_server("pytorch", suite, self.backend, device, options)
+        options = server_options(self.backend, gpus)
+        return local_server("pytorch", suite, self.backend, gpus, options)

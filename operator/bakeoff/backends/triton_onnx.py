@@ -142,7 +142,7 @@ class TritonOnnx:
         )
 
     def start_locally(
-        self, suite: api.BenchmarkSuite, device: str, work_dir: Path, cache_dir: Path | None
+        self, suite: api.BenchmarkSuite, gpus: int, work_dir: Path, cache_dir: Path | None
     ) -> LocalServer:
         # Imported here: model prep pulls in torch and onnx.
         from bakeoff_serve import model_prep, tritonserver
@@ -158,7 +158,9 @@ class TritonOnnx:
             spec.model.seed,
             cache_dir or tritonserver.default_cache_dir(),
             max_batch_size=backend.max_batch_size,
-            execution_provider=self._execution_provider(device != "cpu"),
+            # The bundled tritonserver's Python-backend instance runs ONNX Runtime on cuda:0;
+            # a local run with more GPUs says so in the cell's notes.
+            execution_provider=self._execution_provider(gpus > 0),
             precision=backend.precision,
             preferred_batch_sizes=batching.preferred_batch_sizes,
             max_queue_delay_us=batching.max_queue_delay_microseconds,

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Depends, Request, Response
 
-from bakeoff_serve import engine, model_configs, oip, server_metrics
+from bakeoff_serve import engine, model_configs, oip, server_metrics, workers
 from bakeoff_serve.app.settings import Settings
 from bakeoff_serve.options import Engine
 
@@ -33,6 +33,27 @@ class ServerState:
     engine: engine.InferenceEngine
     metrics: server_metrics.ServerMetrics
     version: str  # the bakeoff package version, reported as the server version
+    worker_group: workers.WorkerGroup | None = None  # several worker processes: their group
+
+    def server_ready(self) -> bool:
+        """This process is warm, and so is every other worker of the server."""
+        return self.engine.ready and (self.worker_group is None or self.worker_group.all_ready())
+
+    def not_ready_reason(self) -> str:
+        if not self.engine.ready or self.worker_group is None:
+            return "model is loading and warming up"
+        waiting = ", ".join(str(slot) for slot in self.worker_group.not_ready())
+        return f"model is loading and warming up in worker(s) {waiting} of {self.worker_group.size}"
+
+    def render_metrics(self) -> str:
+        """Prometheus text: the counters of every worker, the GPUs of the whole server."""
+        gpus = (
+            engine.gpu_samples(range(self.settings.gpus))
+            if self.engine.device.type == "cuda"
+            else []
+        )
+        counts = self.worker_group.counts() if self.worker_group is not None else None
+        return self.metrics.render(gpus, counts)
 
     def model_config(self) -> dict[str, Any]:
         """Triton-style config, with what runs the model and where its weights came from.
@@ -51,7 +72,7 @@ class ServerState:
 
     def require_ready(self) -> None:
         """503 (gRPC UNAVAILABLE) until the model is loaded and warm."""
-        if not self.engine.ready:
+        if not self.engine.ready:  # this process: a peer's warm-up does not stop its requests
             raise oip.OipError(503, f"model '{self.signature.name}' is loading and warming up")
 
 

@@ -5,6 +5,10 @@
 The lifespan starts the gRPC server on the same event loop and begins loading the model in
 the background, so `/v2/health/live` answers at once and `/v2/health/ready` turns 200 only
 when the model is loaded and warm (time-to-ready is a reported cold-start number).
+
+With more than one worker (`Settings.worker_count`), `serve` runs `workers.Supervisor`,
+whose processes each call `serve(settings, worker)`: the same app on a shared port, ready
+when every worker is, metrics summed over all of them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -20,7 +25,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bakeoff_serve import engine, grpc_service, oip, server_metrics
+from bakeoff_serve import engine, grpc_service, oip, server_metrics, workers
 from bakeoff_serve.app.dependencies import ServerState, error_response
 from bakeoff_serve.app.http_protocol import DirectBodyProtocol
 from bakeoff_serve.app.infer_path import BODY_ALLOCATOR_KEY, BodyAllocator, InferFastPath
@@ -39,16 +44,21 @@ def package_version() -> str:
         return "0.0.0+unknown"
 
 
-async def _load_model(state: ServerState, on_fatal: FatalHandler | None) -> None:
+async def _load_model(
+    state: ServerState, on_fatal: FatalHandler | None, worker: workers.WorkerContext | None
+) -> None:
     settings = state.settings
     try:
         seconds = await state.engine.load(settings.warmup_batch_sizes)
     except Exception as exc:
         # A server that can never get ready must exit, not answer 503 until a probe gives up.
         log.exception("loading model %s failed; the server will stop", settings.model_name)
-        if on_fatal is not None:
-            on_fatal(exc)
+        if on_fatal is None:
+            raise
+        on_fatal(exc)
         return
+    if worker is not None:
+        worker.group.mark_ready(worker.slot.index)
     provenance = state.engine.provenance
     log.info(
         "model %s ready after %.1f s (%s; %s; warm for batch sizes %s)",
@@ -82,11 +92,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, internal_error)
 
 
-def create_app(settings: Settings, on_fatal: FatalHandler | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    on_fatal: FatalHandler | None = None,
+    worker: workers.WorkerContext | None = None,
+) -> FastAPI:
     """The HTTP app; its lifespan also runs the gRPC server and loads the model.
 
     `on_fatal` is called if the model cannot be loaded (`serve` uses it to exit non-zero).
+    `worker`: this process is one of several (its GPU, the group folder, when to bind).
     """
+    slot = worker.slot if worker is not None else None
+    gpu_indices = (
+        (slot.gpu,) if slot is not None and slot.gpu is not None else tuple(range(settings.gpus))
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, BodyAllocator]]:
@@ -108,21 +127,30 @@ def create_app(settings: Settings, on_fatal: FatalHandler | None = None) -> Fast
             cuda_graphs=settings.use_cuda_graphs,
             dynamic_batching=settings.dynamic_batching,
             max_queue_delay_us=settings.max_queue_delay_us,
-            gpus=settings.gpus,
+            gpu_indices=gpu_indices,
             instances_per_device=settings.instances_per_device,
             engine=settings.engine,
             execution_provider=settings.execution_provider,
             cache_dir=settings.cache_dir,
         )
-        registry = server_metrics.ServerMetrics()
+        registry = (
+            server_metrics.ServerMetrics(worker.group.metrics_dir, worker.slot.index)
+            if worker is not None
+            else server_metrics.ServerMetrics()
+        )
         registry.register_model(signature.name, signature.version)
-        state = ServerState(settings, signature, model_engine, registry, package_version())
+        group = worker.group if worker is not None else None
+        state = ServerState(settings, signature, model_engine, registry, package_version(), group)
         app.state.bakeoff = state
         grpc_server = None
         load_task: asyncio.Task[None] | None = None
         try:
+            if worker is not None and not worker.bind_before_warm:
+                # A replacement: warm before either port listens (a failure ends startup).
+                await _load_model(state, None, worker)
+            else:
+                load_task = asyncio.create_task(_load_model(state, on_fatal, worker))
             grpc_server = await grpc_service.start_server(state, settings.host, settings.grpc_port)
-            load_task = asyncio.create_task(_load_model(state, on_fatal))
             # uvicorn hands the lifespan's state to each connection's protocol.
             yield {BODY_ALLOCATOR_KEY: model_engine.allocate_body}
         finally:
@@ -148,8 +176,31 @@ def create_app(settings: Settings, on_fatal: FatalHandler | None = None) -> Fast
     return app
 
 
-def serve(settings: Settings) -> int:
-    """Run HTTP and gRPC until SIGTERM/SIGINT; returns the process exit code."""
+def _place_worker(settings: Settings, slot: workers.WorkerSlot) -> None:
+    import torch
+
+    if slot.gpu is not None:
+        # Before anything touches CUDA: pinned buffers and streams go to this worker's GPU.
+        torch.cuda.set_device(slot.gpu)
+    else:
+        # CPU workers share the cores instead of each starting a thread per core.
+        cores = len(os.sched_getaffinity(0))
+        torch.set_num_threads(max(1, cores // settings.worker_count))
+
+
+def serve(settings: Settings, worker: workers.WorkerContext | None = None) -> int:
+    """Run HTTP and gRPC until SIGTERM/SIGINT; returns the process exit code.
+
+    Several workers: this process supervises them (`workers.Supervisor`) and serves nothing
+    itself; each worker process calls back here with its `worker` context.
+    """
+    if worker is None and settings.worker_count > 1:
+        slots = workers.plan_workers(
+            settings.device.value, settings.gpus, settings.workers_per_device
+        )
+        return workers.Supervisor(settings, slots).run()
+    if worker is not None:
+        _place_worker(settings, worker.slot)
     failures: list[BaseException] = []
 
     def on_fatal(exc: BaseException) -> None:
@@ -157,7 +208,7 @@ def serve(settings: Settings) -> int:
         server.should_exit = True
 
     config = uvicorn.Config(
-        InferFastPath(create_app(settings, on_fatal)),
+        InferFastPath(create_app(settings, on_fatal, worker)),
         host=settings.host,
         port=settings.http_port,
         # uvloop: grpc.aio runs on the loop uvicorn runs (checked by the protocol tests), and
@@ -175,7 +226,11 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
-    server.run()
+    if worker is None:
+        server.run()
+    else:
+        # Shared with the other workers; it listens once the lifespan has started.
+        server.run(sockets=[workers.reuseport_socket(settings.host, settings.http_port)])
     if failures or not server.started:
         return 1
     return 0

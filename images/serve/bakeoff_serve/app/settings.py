@@ -58,6 +58,10 @@ class Settings(BaseModel):
     instances_per_device: int = Field(
         default=1, ge=1, le=8, description="Model instances per device (Triton's count)."
     )
+    workers_per_device: int = Field(
+        default=1, ge=1, le=8,
+        description="Server processes per GPU (or on the CPU), behind one port.",
+    )  # fmt: skip
     engine: Engine = Field(default=Engine.PYTORCH, description="What runs the model.")
     execution_provider: ExecutionProvider | None = Field(
         default=None, description="onnxruntime: its provider; default cpu, or cuda on a GPU."
@@ -65,6 +69,12 @@ class Settings(BaseModel):
     cache_dir: Path | None = Field(
         default=None, description="onnxruntime: exported models and TensorRT engines."
     )
+
+    @property
+    def worker_count(self) -> int:
+        """Server processes: workers_per_device on each GPU, or on the CPU."""
+        devices = self.gpus if self.device is Device.CUDA else 1
+        return devices * self.workers_per_device
 
     @property
     def use_cuda_graphs(self) -> bool:

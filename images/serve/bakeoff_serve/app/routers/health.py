@@ -1,7 +1,8 @@
 """Server-level KServe v2 endpoints: metadata, liveness and readiness.
 
 Readiness is the contract the local runner and Kubernetes probes rely on: 200 only once the
-model is loaded and warmed up for every warm-up batch size, 503 before.
+model is loaded and warmed up for every warm-up batch size (in every worker process), 503
+before.
 """
 
 from __future__ import annotations
@@ -37,6 +38,6 @@ async def live() -> Response:
 
 @router.get("/v2/health/ready")
 async def ready(state: StateDep) -> Response:
-    if state.engine.ready:
+    if state.server_ready():
         return Response(status_code=200)
-    return error_response(503, "model is loading and warming up")
+    return error_response(503, state.not_ready_reason())

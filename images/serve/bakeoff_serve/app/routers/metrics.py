@@ -16,5 +16,5 @@ router = APIRouter(tags=["metrics"])
 
 @router.get("/metrics")
 async def metrics(state: StateDep) -> Response:
-    text = state.metrics.render(state.engine.gpu_samples())
+    text = state.render_metrics()
     return Response(text, media_type=server_metrics.CONTENT_TYPE)
