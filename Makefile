@@ -83,11 +83,12 @@ verify: $(STAMP) ## Fail if generated files are stale: regenerate crds/ and the 
 	  fi
 
 .PHONY: bench
-bench: $(STAMP) ## Benchmarks that print numbers: the load generator vs wrk and locust; vs perf_analyzer on one tritonserver; the operator under load (20 suites x 9 cells, 60 simulated GPU nodes)
+bench: $(STAMP) ## Benchmarks that print numbers: the load generator vs wrk and locust; open-loop rate vs client processes (saturation table); vs perf_analyzer on one tritonserver; the operator under load (20 suites x 9 cells, 60 simulated GPU nodes)
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || { \
 	  echo "==> installing wrk and nginx (Debian packages) for the load-generator benchmark"; \
 	  apt-get update -qq && apt-get install -y -qq wrk nginx >/dev/null; }
 	$(PY) benchmarks/loadgen.py --out results/bench/loadgen.json
+	$(PY) benchmarks/saturation.py --out results/bench/saturation.json
 	$(PY) benchmarks/peer_check.py --out results/bench/peer_check.json
 	@# The operator load benchmark installs the chart (helm) on the local control plane.
 	hack/build-tools.sh build

@@ -1,28 +1,49 @@
 """The other side of `make bench`: the nginx endpoint, wrk, locust, and bounded child processes.
 
-Used by `loadgen.py` only. Every child runs in its own session (process group) so that it
-and its children can be stopped together, and every wait has a deadline: a benchmark that
-hangs or leaves a server behind is worse than one that fails.
+Used by `loadgen.py` and `saturation.py`. Every child runs in its own session (process
+group) so that it and its children can be stopped together, and every wait has a deadline: a
+benchmark that hangs or leaves a server behind is worse than one that fails.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
+import json
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from types import FrameType
+from typing import Any, Final
 
 # Small and fixed, like an OIP error-free answer with nothing to decode.
 RESPONSE_BODY: Final = '{"model_name":"bench","model_version":"1","outputs":[]}'
+
+# What both benchmark nginx configurations' http blocks share: temp folders in the work
+# folder (nginx runs unprivileged there), and no keep-alive request limit: nginx closes a
+# keep-alive connection after 1000 requests by default, and a client would then pay for
+# reconnects that no inference server makes it pay. A batch-32 UINT8 body is 4.8 MB.
+NGINX_HTTP_COMMON: Final = """\
+    access_log off;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_max_body_size 64m;
+    client_body_buffer_size 1m;
+"""
 
 NGINX_CONF: Final = """\
 # One process (master_process off, set on the command line) pinned to one core by taskset:
@@ -34,19 +55,7 @@ events {{
     multi_accept on;
 }}
 http {{
-    access_log off;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    # nginx closes a keep-alive connection after 1000 requests by default; a client would
-    # then pay for reconnects that no inference server makes it pay.
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    client_max_body_size 64m;
-    client_body_buffer_size 1m;
-    server {{
+{common}    server {{
         listen 127.0.0.1:{port} backlog=4096;
         default_type application/json;
         location / {{
@@ -59,6 +68,39 @@ http {{
 
 class ToolError(RuntimeError):
     """A tool is missing, failed, or printed something this module cannot read."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # SystemExit unwinds through every `finally`: the endpoints and any tool still running
+    # are stopped by the context managers that started them.
+    raise SystemExit(128 + signum)
+
+
+def main_writing_report(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    errors: tuple[type[Exception], ...] = (),
+) -> int:
+    """A benchmark's main: `run(args)`, then its report as JSON in `args.out`; exit 1 with
+    the message on a tool's error (or one of `errors`), 130 when interrupted."""
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    # Even where the parent ignores SIGINT (a background job): Ctrl-C must stop the children.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    failures: tuple[type[Exception], ...] = (ToolError, subprocess.SubprocessError, OSError)
+    try:
+        report = run(args)
+    except failures + errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: every process the benchmark started is stopped", file=sys.stderr)
+        return 130
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
 
 
 def require_tools(venv_bin: Path) -> dict[str, str]:
@@ -164,7 +206,8 @@ def nginx_endpoint(nginx: str, core: int, workdir: Path) -> Iterator[str]:
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=workdir, port=port, body=RESPONSE_BODY))
+    common = NGINX_HTTP_COMMON.format(tmp=workdir)
+    conf.write_text(NGINX_CONF.format(tmp=workdir, port=port, body=RESPONSE_BODY, common=common))
     log = (workdir / "nginx.out").open("wb")
     command = [
         nginx, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf),

@@ -22,13 +22,10 @@ import argparse
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
 
 import bench_tools
@@ -215,30 +212,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    # SystemExit unwinds through every `finally`: the endpoint and any tool still running
-    # are stopped by the context managers that started them.
-    raise SystemExit(128 + signum)
-
-
 def main() -> int:
-    args = _parse_args()
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
-    # Even where the parent ignores SIGINT (a background job): Ctrl-C must stop the children.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        report = run(args)
-    except (bench_tools.ToolError, subprocess.SubprocessError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: every process the benchmark started is stopped", file=sys.stderr)
-        return 130
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
-    return 0
+    return bench_tools.main_writing_report(_parse_args(), run)
 
 
 if __name__ == "__main__":

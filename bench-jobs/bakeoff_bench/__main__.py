@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Final
 
 from pydantic import ValidationError
 
+from bakeoff_bench import barrier, publish, runner
 from bakeoff_bench import client as oip
-from bakeoff_bench import publish, runner
 from bakeoff_bench.config import BenchConfig
 
 EXIT_OK, EXIT_BACKEND, EXIT_CONFIG = 0, 1, 2
+# The longest a client pod waits at one barrier for the others (a scenario's length, and more).
+BARRIER_TIMEOUT_S: Final = 900.0
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -57,6 +61,28 @@ def _read_config(args: argparse.Namespace) -> BenchConfig:
         ) from exc
 
 
+def _client_of_a_job(
+    config: BenchConfig, env: Mapping[str, str] = os.environ
+) -> tuple[BenchConfig, barrier.Barrier]:
+    """One client pod of a several-client Indexed Job: its index (JOB_COMPLETION_INDEX), its
+    barrier (BAKEOFF_BARRIER_CONFIGMAP); it publishes its part as `<prefix>-<index>`."""
+    if config.clients == 1:
+        return config, barrier.Solo()
+    index_text, name = env.get("JOB_COMPLETION_INDEX"), env.get("BAKEOFF_BARRIER_CONFIGMAP")
+    if not index_text or not index_text.isdigit() or not name:
+        raise ValueError(
+            f"clients: {config.clients} runs as an Indexed Job: JOB_COMPLETION_INDEX and "
+            "BAKEOFF_BARRIER_CONFIGMAP must be set (the operator sets them)"
+        )
+    config = config.model_copy(update={"client_index": int(index_text)})
+    BenchConfig.model_validate(config.model_dump())  # the index must be one of the clients
+    coordination = barrier.ConfigMapBarrier(
+        publish.in_cluster_access(env), env.get("BAKEOFF_NAMESPACE", "default"), name,
+        config.client_index, config.clients, BARRIER_TIMEOUT_S,
+    )  # fmt: skip
+    return config, coordination
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
@@ -65,9 +91,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
+        config, coordination = _client_of_a_job(config)
+    except (ValueError, publish.PublishError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
         # uvloop where installed: a cheaper hot path for the client (`client` decides).
         with asyncio.Runner(loop_factory=oip.event_loop_factory()) as loop_runner:
-            result = loop_runner.run(runner.run_bench(config))
+            try:
+                result = loop_runner.run(runner.run_bench(config, coordination=coordination))
+            except Exception as exc:
+                # The other client pods stop at their next barrier with this reason.
+                loop_runner.run(coordination.fail(f"{type(exc).__name__}: {exc}"))
+                raise
     except runner.BenchSetupError as exc:
         # The model and the config disagree (e.g. a batch size above max_batch_size).
         print(f"error: {exc}", file=sys.stderr)
@@ -91,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.publish:
         try:
             destination = publish.destination_from_env()
+            if config.clients > 1:
+                part = f"{destination.name}-{config.client_index}"
+                destination = dataclasses.replace(destination, name=part)
             outcome = asyncio.run(
                 publish.publish(
                     publish.in_cluster_access(), publish.result_configmap(result, destination)

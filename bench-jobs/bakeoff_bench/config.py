@@ -233,6 +233,9 @@ class RateScenario(RateScenarioSpec):
         return self
 
 
+MAX_CLIENTS = 16
+
+
 class BenchConfig(StrictModel):
     suite: str
     backend: str
@@ -251,6 +254,13 @@ class BenchConfig(StrictModel):
         le=64,
         description="Client processes of open-loop runs, each sending 1/N of the rate",
     )
+    clients: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_CLIENTS,
+        description="Client pods (or local client processes) sharing every scenario's load",
+    )
+    client_index: int = Field(default=0, ge=0, description="This client's index, 0..clients-1")
     seed: int = Field(default=0, description="Seed of the input images, the same for every backend")
     parity_batch: int = Field(
         default=2, ge=0, le=64, description="Seeded images whose outputs are kept for parity"
@@ -268,3 +278,32 @@ class BenchConfig(StrictModel):
                 "highest requestsPerSecond; add a closed-loop scenario or requestsPerSecond"
             )
         return self
+
+    @model_validator(mode="after")
+    def _clients_can_share_it(self) -> BenchConfig:
+        if self.client_index >= self.clients:
+            raise ValueError(f"clientIndex {self.client_index} is not one of {self.clients}")
+        if self.clients > 1:
+            problem = several_clients_problem(self)
+            if problem:
+                raise ValueError(problem)
+        return self
+
+
+def several_clients_problem(config: BenchConfig) -> str | None:
+    """Why these scenarios cannot be shared by several clients yet, or None.
+
+    Each client decides alone when steady-state windows are stable and which rate a max-rate
+    search tries next; shared, those decisions would differ between clients.
+    """
+    windows = config.steady_state is not None or any(
+        scenario is not None and scenario.steady_state is not None
+        for scenario in (config.single, config.batch_sweep, config.concurrency_sweep)
+    )
+    if windows:
+        return "steadyState with clients > 1 is not supported yet; use requests, or clients: 1"
+    if config.rate is not None and config.rate.max_rate_search is not None:
+        return (
+            "the max-rate search (sloP99Ms) with clients > 1 is not supported yet; use clients: 1"
+        )
+    return None

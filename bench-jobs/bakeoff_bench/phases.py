@@ -8,13 +8,20 @@ pure `flags` rules over every result.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from bakeoff_bench import client as oip
-from bakeoff_bench import flags, payloads, scenarios, search, server_metrics, workers
+from bakeoff_bench import flags, payloads, scenarios, search, server_metrics, shares, workers
 from bakeoff_bench.config import BenchConfig, SteadyState
-from bakeoff_bench.results import ColdStart, Flag, MaxRateResult, ScenarioResult
+from bakeoff_bench.results import (
+    ClientShareResult,
+    ColdStart,
+    Flag,
+    MaxRateResult,
+    ScenarioResult,
+)
 
 
 @dataclass
@@ -53,14 +60,27 @@ async def run_closed_loop(
         requests: int,
         warmup: int,
         steady_state: SteadyState | None,
-    ) -> ScenarioResult:
+    ) -> ScenarioResult | None:
+        share = shares.closed_loop_share(
+            concurrency, requests, warmup, config.client_index, config.clients
+        )
+        if share.concurrency == 0:
+            # Nothing to send, but the window edges are barriers the other clients wait at.
+            await scraper.settled()
+            await scraper.settled()
+            return None
         result = await scenarios.run_closed_loop(
-            client, encoded[size], size, concurrency, requests, warmup, scenario=kind,
-            scraper=scraper, progress=progress, steady_state=steady_state or default,
+            client, encoded[size], size, share.concurrency, share.requests, share.warmup,
+            scenario=kind, scraper=scraper, progress=progress,
+            steady_state=steady_state or default,
         )  # fmt: skip
         client.raise_if_gone(result.label)
         progress(scenarios.summary_line(result))
-        return result
+        return _as_share(result, config, concurrency)
+
+    def keep(into: list[ScenarioResult], result: ScenarioResult | None) -> None:
+        if result is not None:
+            into.append(result)
 
     if config.single is not None:
         spec = config.single
@@ -71,13 +91,27 @@ async def run_closed_loop(
         sweep = config.batch_sweep
         for size in sweep.batch_sizes:
             args = (size, sweep.concurrency, sweep.requests, sweep.warmup, sweep.steady_state)
-            measured.batch_sweep.append(await closed("batch", *args))
+            keep(measured.batch_sweep, await closed("batch", *args))
     if config.concurrency_sweep is not None:
         curve = config.concurrency_sweep
         for size in curve.batch_sizes:
             for level in curve.levels:
                 args = (size, level, curve.requests, curve.warmup, curve.steady_state)
-                measured.concurrency_sweep.append(await closed("concurrency", *args))
+                keep(measured.concurrency_sweep, await closed("concurrency", *args))
+
+
+def _as_share(result: ScenarioResult, config: BenchConfig, total: int) -> ScenarioResult:
+    """One of several clients' results: labelled with the scenario's whole concurrency (so
+    the clients' parts line up), its own part in `clients`."""
+    if config.clients == 1:
+        return result
+    mine = ClientShareResult(
+        index=config.client_index, node=os.environ.get("BAKEOFF_NODE_NAME", ""),
+        concurrency=result.concurrency, requests=result.requests, failed=result.failed,
+        requests_per_s=result.requests_per_s, p50_ms=result.latency.p50_ms,
+        p99_ms=result.latency.p99_ms,
+    )  # fmt: skip
+    return result.model_copy(update={"concurrency": total, "clients": [mine]})
 
 
 async def run_rates(
@@ -100,13 +134,14 @@ async def run_rates(
             f"rate {rate:g}/s {spec.arrival.value} b={spec.batch_size}: {seconds:g} s "
             f"after {spec.warmup_seconds:g} s of warm-up, {config.workers} client process(es)"
         )
+        first, total = shares.rate_shares(config.client_index, config.clients, config.workers)
         result = await workers.run_rate(
             client, payload, spec, rate, seed=config.seed, workers=config.workers,
-            scraper=scraper, duration_s=duration_s,
+            scraper=scraper, duration_s=duration_s, first_share=first, total_shares=total,
         )  # fmt: skip
         client.raise_if_gone(result.label)
         progress(scenarios.summary_line(result))
-        return result
+        return _as_share(result, config, result.concurrency)
 
     for rate in spec.requests_per_second:
         measured.rate.append(await run(rate))

@@ -78,6 +78,7 @@ class FlagCode(StrEnum):
     FAILED_REQUESTS = "failed-requests"
     NO_SERVER_TIMES = "no-server-times"
     CLIENT_SHARES_NODE = "client-shares-node"
+    CLIENTS_DISAGREE = "clients-disagree"
 
 
 class Flag(StrictModel):
@@ -204,6 +205,19 @@ def merge_errors(*lists: list[RequestError]) -> list[RequestError]:
     return [RequestError(error_type=t, message=m, count=c) for (t, m), c in ordered]
 
 
+class ClientShareResult(StrictModel):
+    """One client's part of a scenario several clients shared (the per-client breakdown)."""
+
+    index: int = Field(ge=0, description="The client (pod completion index, or process)")
+    node: str = Field(default="", description="Where it ran (node name), when known")
+    concurrency: int = Field(description="Its closed-loop concurrency, or in-flight bound")
+    requests: int = Field(description="Its successful measured requests")
+    failed: int = 0
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
 class ScenarioResult(StrictModel):
     scenario: Literal["single", "batch", "concurrency", "rate"]
     batch_size: int
@@ -222,6 +236,9 @@ class ScenarioResult(StrictModel):
     open_loop: OpenLoopResult | None = None
     client: ClientOverhead | None = None
     workers: int = Field(default=1, description="Client processes that sent the load")
+    clients: list[ClientShareResult] = Field(
+        default_factory=list, description="Per client, when several clients shared it"
+    )
     flags: list[Flag] = Field(default_factory=list)
 
     @property

@@ -21,8 +21,16 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from bakeoff_bench import (
+    barrier,
+    coldstart,
+    environment,
+    flags,
+    payloads,
+    phases,
+    server_metrics,
+)
 from bakeoff_bench import client as oip
-from bakeoff_bench import coldstart, environment, flags, payloads, phases, server_metrics
 from bakeoff_bench.config import BenchConfig
 from bakeoff_bench.results import CellResult, ServerInfo
 
@@ -209,13 +217,22 @@ async def collect_parity(
 
 
 async def run_bench(
-    config: BenchConfig, progress: Callable[[str], None] = print_progress
+    config: BenchConfig,
+    progress: Callable[[str], None] = print_progress,
+    coordination: barrier.Barrier | None = None,
 ) -> CellResult:
     """Run every configured scenario against `config.target` and return the cell's result.
 
     Raises `BenchError` (not ready, bad metadata, batch sizes the model refuses); failures
     of individual measured requests are data in the result instead.
+
+    One of several clients (`config.clients`, passing `coordination` at every window edge):
+    client 0 alone measures the cold start and parity, while the others wait, and scrapes
+    the server; each client sends its share of every scenario (`shares`), and
+    `merge.merge_cells` makes one result of theirs.
     """
+    coordination = coordination or barrier.Solo()
+    lead = config.client_index == 0
     started_at = datetime.now(UTC)
     target = config.target
     notes: list[str] = []
@@ -237,23 +254,31 @@ async def run_bench(
 
         # The metric baseline, before any inference request: every later scrape waits until
         # the server has counted all the answers the client has seen since.
-        scraper = server_metrics.MetricsScraper(session, target.metrics_url, target.model_name)
+        scraper = (
+            server_metrics.MetricsScraper(session, target.metrics_url, target.model_name)
+            if config.clients == 1
+            else barrier.CoordinatedScraper(
+                session, target.metrics_url, target.model_name, coordination
+            )
+        )
+        await coordination.wait("set up")
         await scraper.start()
 
         # Phase 1, cold start: every batch size once, before parity and any warm-up.
         cold = None
-        if encoded:
+        if encoded and lead:
             cold = await coldstart.run_cold_start(client, encoded, config.ready_timeout_s, progress)
             scraper.answered_ok(len(cold.first_request_ms) - len(cold.first_request_errors))
 
         parity = None
-        if config.parity_batch > 0:
+        if config.parity_batch > 0 and lead:
             try:
                 parity = await collect_parity(client, config, io, scraper.answered_ok)
             except oip.BackendResponseError as exc:
                 # No outputs fails the parity gate downstream; the speed numbers still count.
                 notes.append(f"parity request failed: {exc}")
 
+        await coordination.wait("cold start measured")  # no other load before it
         # Phases 2 and 3, warm-up and measurement, per scenario.
         await phases.run_closed_loop(client, config, encoded, scraper, progress, measured)
         await phases.run_rates(client, config, encoded, scraper, progress, measured)

@@ -161,10 +161,21 @@ async def run_rate(
     workers: int,
     scraper: server_metrics.MetricsScraper | None,
     duration_s: float | None = None,
+    first_share: int = 0,
+    total_shares: int | None = None,
 ) -> ScenarioResult:
-    """One rate run: warm-up at the same rate, scrape, measured schedule, scrape."""
-    run = open_loop.RateRun.from_config(spec, rate, seed, duration_s)
-    warmup = run.warmup(spec.warmup_seconds) if spec.warmup_seconds > 0 else None
+    """One rate run: warm-up at the same rate, scrape, measured schedule, scrape.
+
+    This client sends the global shares `first_share` .. `first_share + workers - 1` of
+    `total_shares` (default: all of them, `workers`): several clients split one schedule.
+    """
+    total = workers if total_shares is None else total_shares
+    whole = open_loop.RateRun.from_config(spec, rate, seed, duration_s)
+    whole_warmup = whole.warmup(spec.warmup_seconds) if spec.warmup_seconds > 0 else None
+    run, warmup = whole, whole_warmup
+    if total > 1 and workers == 1:
+        run = whole.share(first_share, total)
+        warmup = whole_warmup.share(first_share, total) if whole_warmup is not None else None
     snapshots: list[server_metrics.MetricsSnapshot | None] = []
 
     async def between(warm_ok: int) -> None:
@@ -183,8 +194,10 @@ async def run_rate(
                 body=payload.body,
                 headers=dict(payload.headers),
                 batch_size=payload.batch_size,
-                run=run.share(i, workers),
-                warmup=warmup.share(i, workers) if warmup is not None else None,
+                run=whole.share(first_share + i, total),
+                warmup=(
+                    whole_warmup.share(first_share + i, total) if whole_warmup is not None else None
+                ),
             )
             for i in range(workers)
         ]

@@ -244,6 +244,12 @@ class Scenarios(StrictModel):
         default=None, description="Window-based measurement for every closed-loop scenario"
     )
     workers: int = Field(default=1, ge=1, le=64, description="Client processes for rate runs")
+    clients: Annotated[int, Field(ge=1, le=bench_config.MAX_CLIENTS)] | Literal["auto"] = Field(
+        default=1,
+        description="Client pods sharing every scenario's load (an Indexed Job; local runs: "
+        "client processes): they start each measured window together and their results "
+        "merge into one. auto: one per 2,000 requested requests/s of the rate scenario",
+    )
     repeats: int = Field(
         default=1,
         ge=1,
@@ -371,6 +377,10 @@ class CellStatus(StrictModel):
     backend_restarts: int | None = Field(
         default=None, ge=0, description="That pod's container restarts when its benchmark started"
     )
+    attempts: int = Field(
+        default=1, ge=1, le=2,
+        description="Runs of its benchmark: 2 when a first run of several clients was void",
+    )  # fmt: skip
 
 
 class Winner(StrictModel):

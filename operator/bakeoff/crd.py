@@ -167,8 +167,40 @@ def model_schema(model: type[BaseModel]) -> Schema:
     )
 
 
+def _int_or_string(node: Mapping[str, Any], where: str) -> Schema | None:
+    """`int | Literal["auto", ...]` (an integer or a few words) as Kubernetes' int-or-string,
+    its bounds and words checked by a CEL rule; None for any other node."""
+    branches = node.get("anyOf")
+    if not isinstance(branches, list) or len(branches) != 2:
+        return None
+    numbers = [b for b in branches if b.get("type") == "integer"]
+    words = [b for b in branches if b.get("type") == "string" and ("const" in b or "enum" in b)]
+    if len(numbers) != 1 or len(words) != 1:
+        return None
+    number, word = numbers[0], words[0]
+    allowed = [word["const"]] if "const" in word else list(word["enum"])
+    low, high = number.get("minimum"), number.get("maximum")
+    if low is None or high is None:
+        raise UnsupportedSchema(f"{where}: an int-or-string needs the integer's bounds")
+    quoted = ", ".join(f"'{w}'" for w in allowed)
+    out: Schema = {"x-kubernetes-int-or-string": True}
+    for key in ("description", "default"):
+        if key in node:
+            out[key] = node[key]
+    out["x-kubernetes-validations"] = [
+        {
+            "rule": f"type(self) == int ? self >= {low} && self <= {high} : self in [{quoted}]",
+            "message": f"must be an integer from {low} to {high}, or {' or '.join(allowed)}",
+        }
+    ]
+    return out
+
+
 def structural_schema(node: Mapping[str, Any], defs: Mapping[str, Any], where: str) -> Schema:
     """Rewrite one pydantic JSON-schema node (and everything below it) as a structural one."""
+    int_or_string = _int_or_string(node, where)
+    if int_or_string is not None:
+        return int_or_string
     merged, nullable = _resolve(node, defs, where)
     unknown = set(merged) - _KNOWN_KEYWORDS
     if unknown:

@@ -45,6 +45,24 @@ def _condition(obj: Obj, type_: str) -> Obj | None:
     return None
 
 
+def _pod_failure(pod: Obj) -> str:
+    """'pod NAME (client I) on NODE: REASON, exit code N' for a Failed pod."""
+    annotations = pod["metadata"].get("annotations") or {}
+    index = annotations.get("batch.kubernetes.io/job-completion-index")
+    who = f"pod {pod['metadata']['name']}" + (f" (client {index})" if index else "")
+    node = pod.get("spec", {}).get("nodeName")
+    where = f" on {node}" if node else ""
+    status = pod.get("status", {})
+    reasons = [status.get("reason") or "", status.get("message") or ""]
+    for container in status.get("containerStatuses") or []:
+        ended = (container.get("state") or {}).get("terminated") or {}
+        if ended:
+            reason, code = ended.get("reason", "terminated"), ended.get("exitCode")
+            reasons.append(f"{reason}, exit code {code}")
+    said = "; ".join(r for r in reasons if r) or "failed"
+    return f"{who}{where}: {said}"
+
+
 def observe_pod(pod: Obj) -> reconcile.PodObservation:
     status = pod.get("status", {})
     ready = _condition(pod, "Ready")
@@ -55,6 +73,9 @@ def observe_pod(pod: Obj) -> reconcile.PodObservation:
     waiting = ""
     restarts = 0
     terminated: list[datetime] = []
+    failure = ""
+    if status.get("phase") == "Failed":
+        failure = _pod_failure(pod)
     for container in status.get("containerStatuses") or []:
         restarts += int(container.get("restartCount", 0))
         reason = (container.get("state", {}).get("waiting") or {}).get("reason")
@@ -72,6 +93,7 @@ def observe_pod(pod: Obj) -> reconcile.PodObservation:
         unschedulable=unschedulable,
         waiting_reason=waiting,
         restarts=restarts,
+        failure=failure,
         created_at=parse_time(pod["metadata"].get("creationTimestamp")),
         ready_at=parse_time(ready.get("lastTransitionTime"))
         if ready and ready.get("status") == "True"
@@ -126,6 +148,7 @@ def observe_job(job: Obj, pods: Iterable[reconcile.PodObservation]) -> reconcile
         failed_message=failed_message,
         finished_at=finished,
         nodes=tuple(sorted({p.node for p in pods if p.node})),
+        failed_pods=tuple(p.failure for p in pods if p.failure),
     )
 
 
@@ -163,12 +186,19 @@ def observe(
         deployments=observed_deployments,
         services=frozenset(s["metadata"]["name"] for s in services),
         jobs=observed_jobs,
-        results={
-            cm["metadata"]["name"]: observe_result(cm)
-            for cm in configmaps
-            if _labels(cm).get(naming.LABEL_COMPONENT) == naming.COMPONENT_RESULT
-        },
+        results=_results_of(configmaps, naming.COMPONENT_RESULT),
+        client_results=_results_of(configmaps, naming.COMPONENT_CLIENT_RESULT),
     )
+
+
+def _results_of(
+    configmaps: Iterable[Obj], component: str
+) -> dict[str, reconcile.ResultObservation]:
+    return {
+        cm["metadata"]["name"]: observe_result(cm)
+        for cm in configmaps
+        if _labels(cm).get(naming.LABEL_COMPONENT) == component
+    }
 
 
 class KubeClient:
@@ -213,6 +243,7 @@ class KubeClient:
             "ServiceAccount": self.core.create_namespaced_service_account,
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
+            "ConfigMap": self.core.create_namespaced_config_map,
         }
         created = True
         try:
@@ -236,6 +267,7 @@ class KubeClient:
             "Deployment": self.apps.delete_namespaced_deployment,
             "Service": self.core.delete_namespaced_service,
             "Job": self.batch.delete_namespaced_job,
+            "ConfigMap": self.core.delete_namespaced_config_map,
         }
         try:
             deleters[kind](name, namespace, propagation_policy="Background")

@@ -24,6 +24,7 @@ import psutil
 from bakeoff import analysis, api, plan
 from bakeoff.backends import LocalServer, plugin_for
 from bakeoff_bench import client as bench_client
+from bakeoff_bench import clients as bench_clients
 from bakeoff_bench import config as bench_config
 from bakeoff_bench import runner as bench_runner
 from bakeoff_bench.models import StrictModel
@@ -140,7 +141,8 @@ def _bench(config: bench_config.BenchConfig, progress: Progress, run_seconds: fl
     # stopped after timeouts.runSeconds as the Job's activeDeadlineSeconds would stop it.
     async def bounded() -> CellResult:
         try:
-            return await asyncio.wait_for(bench_runner.run_bench(config, progress), run_seconds)
+            # One client runs here; several are processes meeting at a barrier, merged.
+            return await asyncio.wait_for(bench_clients.run_clients(config, progress), run_seconds)
         except TimeoutError:
             raise bench_runner.BenchError(
                 f"the benchmark did not finish within timeouts.runSeconds={run_seconds:g}"

@@ -12,6 +12,8 @@ from bakeoff import api, naming, plan, pods
 from bakeoff.backends import BackendPod, plugin_for
 from bakeoff.settings import OperatorSettings
 from bakeoff_bench import config as bench_config
+from bakeoff_bench import publish
+from bakeoff_bench.results import CellResult
 
 API_VERSION: Final = f"{api.API_GROUP}/{api.API_VERSION}"
 
@@ -134,8 +136,13 @@ def build_bench_job(
     settings: OperatorSettings,
     server_node: str | None = None,
     time_to_ready_s: float | None = None,
+    attempt: int = 1,
 ) -> Manifest:
-    """The benchmark Job: in-cluster, never on the node of the backend it measures."""
+    """The benchmark Job: in-cluster, never on the node of the backend it measures.
+
+    Several clients (`scenarios.clients`): an Indexed Job of that many pods, which meet at
+    `build_barrier`'s ConfigMap and each publish a part; `attempt` 2 is a void run's rerun.
+    """
     name_args = (suite.metadata.name, cell.backend.name, cell.pool.name)
     labels = naming.cell_labels(*name_args, naming.COMPONENT_BENCH)
     pod = backend_pod(suite, cell, settings)
@@ -143,9 +150,18 @@ def build_bench_job(
     result_labels = naming.cell_labels(*name_args, naming.COMPONENT_RESULT)
     owner = json.dumps(owner_reference(suite, uid, block=False))
     namespace_ref = {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    several = bench.clients > 1
+    if several:
+        # Each client pod publishes its part; the operator merges them into the result.
+        result_labels = naming.cell_labels(*name_args, naming.COMPONENT_CLIENT_RESULT)
+    result_target = (
+        naming.client_result_prefix(*name_args, attempt)
+        if several
+        else naming.result_name(*name_args)
+    )
     env = [
         {"name": "BAKEOFF_BENCH_CONFIG", "value": bench.model_dump_json(by_alias=True)},
-        {"name": "BAKEOFF_RESULT_CONFIGMAP", "value": naming.result_name(*name_args)},
+        {"name": "BAKEOFF_RESULT_CONFIGMAP", "value": result_target},
         {"name": "BAKEOFF_RESULT_LABELS", "value": json.dumps(result_labels, sort_keys=True)},
         # The bench ServiceAccount may not touch the suite's finalizers, so no blocking.
         {"name": "BAKEOFF_RESULT_OWNER", "value": owner},
@@ -156,6 +172,10 @@ def build_bench_job(
         *[{"name": f"BAKEOFF_IMAGE_{role}", "value": image}
           for role, image in (pod.images if pod is not None else {}).items()],
     ]  # fmt: skip
+    if several:
+        # JOB_COMPLETION_INDEX (set by the Job controller) says which client a pod is.
+        barrier = naming.barrier_name(*name_args, attempt)
+        env.append({"name": "BAKEOFF_BARRIER_CONFIGMAP", "value": barrier})
     if server_node:
         env.append({"name": "BAKEOFF_SERVER_NODE", "value": server_node})
     if time_to_ready_s is not None:
@@ -169,9 +189,9 @@ def build_bench_job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(naming.job_name(*name_args), suite, uid, labels),
+        "metadata": _metadata(naming.job_name(*name_args, attempt), suite, uid, labels),
         "spec": {
-            "backoffLimit": 2,
+            **_clients_spec(bench.clients),
             "activeDeadlineSeconds": suite.spec.timeouts.run_seconds,
             "template": {
                 "metadata": {"labels": labels},
@@ -179,7 +199,7 @@ def build_bench_job(
                     "restartPolicy": "Never",
                     "serviceAccountName": naming.BENCH_SERVICE_ACCOUNT,
                     "securityContext": dict(pods.RESTRICTED_POD),
-                    "affinity": _bench_anti_affinity(name_args, settings),
+                    "affinity": _bench_anti_affinity(name_args, settings, bench.clients),
                     "containers": [container],
                     "volumes": [{"name": "scratch", "emptyDir": {}}],
                 },
@@ -188,28 +208,82 @@ def build_bench_job(
     }
 
 
+def _clients_spec(clients: int) -> dict[str, Any]:
+    """One pod; or an Indexed Job of `clients` pods, all running at once.
+
+    Several clients get no pod retries: a replacement would start the scenarios from the top
+    while the others wait at a later barrier. The operator voids the run and runs it once
+    more instead (`reconcile`).
+    """
+    if clients == 1:
+        return {"backoffLimit": 2}
+    return {
+        "backoffLimit": 0,
+        "completionMode": "Indexed",
+        "completions": clients,
+        "parallelism": clients,
+    }
+
+
 def _bench_anti_affinity(
-    name_args: tuple[str, str, str], settings: OperatorSettings
+    name_args: tuple[str, str, str], settings: OperatorSettings, clients: int = 1
 ) -> dict[str, Any]:
     """Never on the node of the backend it measures; or, where the cluster has a single
-    worker, preferably not (the result then carries the client-shares-node flag)."""
+    worker, preferably not (the result then carries the client-shares-node flag). Several
+    client pods spread over nodes where the pool allows (preferred: never unschedulable)."""
     term = {
         "labelSelector": {"matchLabels": naming.backend_selector(*name_args)},
         "topologyKey": "kubernetes.io/hostname",
     }
+    preferred: list[dict[str, Any]] = []
     if settings.bench_anti_affinity == "preferred":
-        rule: dict[str, Any] = {
-            "preferredDuringSchedulingIgnoredDuringExecution": [
-                {"weight": 100, "podAffinityTerm": term}
-            ]
-        }
+        preferred.append({"weight": 100, "podAffinityTerm": term})
+        rule: dict[str, Any] = {}
     else:
         rule = {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
+    if clients > 1:
+        bench = naming.cell_labels(*name_args, naming.COMPONENT_BENCH)
+        spread = {
+            "labelSelector": {"matchLabels": bench},
+            "topologyKey": "kubernetes.io/hostname",
+        }
+        preferred.append({"weight": 50, "podAffinityTerm": spread})
+    if preferred:
+        rule["preferredDuringSchedulingIgnoredDuringExecution"] = preferred
     return {"podAntiAffinity": rule}
 
 
+def build_barrier(
+    suite: api.BenchmarkSuite, uid: str, cell: plan.Cell, attempt: int = 1
+) -> Manifest:
+    """The ConfigMap a several-client Job's pods meet at, empty until they arrive."""
+    name_args = (suite.metadata.name, cell.backend.name, cell.pool.name)
+    labels = naming.cell_labels(*name_args, naming.COMPONENT_BARRIER)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(naming.barrier_name(*name_args, attempt), suite, uid, labels),
+        "data": {},
+    }
+
+
+def build_merged_result(
+    suite: api.BenchmarkSuite, uid: str, cell: plan.Cell, result: CellResult
+) -> Manifest:
+    """The cell's result ConfigMap, written by the operator from its client pods' parts."""
+    name_args = (suite.metadata.name, cell.backend.name, cell.pool.name)
+    destination = publish.Destination(
+        name=naming.result_name(*name_args),
+        namespace=suite.metadata.namespace or "default",
+        labels=naming.cell_labels(*name_args, naming.COMPONENT_RESULT),
+        owner=owner_reference(suite, uid, block=False),
+    )
+    return publish.result_configmap(result, destination)
+
+
 def build_bench_rbac(namespace: str) -> list[Manifest]:
-    """The benchmark Jobs' identity in a namespace: it may write ConfigMaps, nothing else.
+    """The benchmark Jobs' identity in a namespace: it may read and write ConfigMaps (its
+    result, its barrier), nothing else.
 
     Shared by every suite of the namespace, so not owned by any one suite.
     """
@@ -225,7 +299,8 @@ def build_bench_rbac(namespace: str) -> list[Manifest]:
                 {
                     "apiGroups": [""],
                     "resources": ["configmaps"],
-                    "verbs": ["create", "get", "update"],
+                    # patch: a client pod writes its own key of its Job's barrier.
+                    "verbs": ["create", "get", "update", "patch"],
                 }
             ],
         },

@@ -24,6 +24,8 @@ MANAGER: Final = "bakeoff-operator"
 COMPONENT_BACKEND: Final = "backend"
 COMPONENT_BENCH: Final = "bench"
 COMPONENT_RESULT: Final = "result"
+COMPONENT_CLIENT_RESULT: Final = "client-result"  # one client pod's part, before the merge
+COMPONENT_BARRIER: Final = "barrier"
 
 # The key of the CellResult JSON in a result ConfigMap: the Job writes it (bakeoff_bench.publish).
 RESULT_KEY: Final = publish.RESULT_KEY
@@ -47,13 +49,32 @@ def backend_name(suite: str, backend: str, pool: str) -> str:
     return bounded(cell_base(suite, backend, pool))
 
 
-def job_name(suite: str, backend: str, pool: str) -> str:
-    return bounded(f"{cell_base(suite, backend, pool)}-bench")
+def _attempt(attempt: int) -> str:
+    return "" if attempt == 1 else f"-{attempt}"
+
+
+def job_name(suite: str, backend: str, pool: str, attempt: int = 1) -> str:
+    """The benchmark Job; a second run (a void first run of several clients) gets `-2`."""
+    return bounded(f"{cell_base(suite, backend, pool)}-bench{_attempt(attempt)}")
 
 
 def result_name(suite: str, backend: str, pool: str) -> str:
     """The ConfigMap a benchmark Job writes its CellResult into."""
     return bounded(f"{cell_base(suite, backend, pool)}-result")
+
+
+def client_result_prefix(suite: str, backend: str, pool: str, attempt: int = 1) -> str:
+    """Client pod i of a several-client Job writes its part into `<prefix>-<i>`."""
+    return bounded(f"{cell_base(suite, backend, pool)}-part{_attempt(attempt)}", MAX_NAME_LEN - 3)
+
+
+def client_result_name(suite: str, backend: str, pool: str, index: int, attempt: int = 1) -> str:
+    return f"{client_result_prefix(suite, backend, pool, attempt)}-{index}"
+
+
+def barrier_name(suite: str, backend: str, pool: str, attempt: int = 1) -> str:
+    """The ConfigMap the client pods of one Job meet at (bakeoff_bench.barrier)."""
+    return bounded(f"{cell_base(suite, backend, pool)}-barrier{_attempt(attempt)}")
 
 
 def cell_labels(suite: str, backend: str, pool: str, component: str) -> dict[str, str]:

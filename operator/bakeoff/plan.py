@@ -5,8 +5,9 @@ Pure: no I/O. The local runner and (later) the operator both start from `plan_ce
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from pydantic import BaseModel
 
@@ -71,10 +72,28 @@ def build_bench_config(
         ),
         steady_state=scenarios.steady_state,
         workers=scenarios.workers,
+        clients=resolve_clients(scenarios),
         seed=suite.spec.model.seed,
         # An external backend is waited for here (a deployed one is ready before its Job).
         ready_timeout_s=float(suite.spec.timeouts.ready_seconds),
     )
+
+
+# `clients: auto`: one client per this many requested requests/s. One client process sends a
+# few thousand requests/s with real payloads (issue-size images, responses parsed), so a
+# share of 2,000 leaves it room; closed-loop suites need one (their concurrency is theirs).
+AUTO_REQUESTS_PER_CLIENT: Final = 2000.0
+
+
+def resolve_clients(scenarios: api.Scenarios) -> int:
+    """How many clients share the load: the number given, or `auto`'s from the top rate."""
+    if scenarios.clients != "auto":
+        return scenarios.clients
+    rates = scenarios.rate.requests_per_second if scenarios.rate is not None else []
+    if not rates:
+        return 1
+    wanted = math.ceil(max(rates) / AUTO_REQUESTS_PER_CLIENT)
+    return min(bench_config.MAX_CLIENTS, max(1, wanted))
 
 
 def _as_bench_scenario(

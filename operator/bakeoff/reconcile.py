@@ -19,7 +19,8 @@ from typing import Literal
 from bakeoff import analysis, api, manifests, naming, plan
 from bakeoff.backends import plugin_for
 from bakeoff.settings import OperatorSettings
-from bakeoff_bench.results import CellResult
+from bakeoff_bench import merge
+from bakeoff_bench.results import CellResult, FlagCode
 
 TERMINAL = (api.CellPhase.SUCCEEDED, api.CellPhase.FAILED)
 PHASE_ORDER = [
@@ -44,6 +45,7 @@ class PodObservation:
     created_at: datetime | None = None
     ready_at: datetime | None = None  # when it last became Ready
     last_terminated_at: datetime | None = None  # when a container of it last died
+    failure: str = ""  # a Failed pod: who, where and why (kube._pod_failure)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class JobObservation:
     failed_message: str = ""  # the Job's Failed condition, "" while not failed
     finished_at: datetime | None = None
     nodes: tuple[str, ...] = ()  # where its pods ran
+    failed_pods: tuple[str, ...] = ()  # PodObservation.failure of each of its failed pods
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ class Observed:
     services: frozenset[str] = frozenset()
     jobs: Mapping[str, JobObservation] = field(default_factory=dict)
     results: Mapping[str, ResultObservation] = field(default_factory=dict)
+    # The parts several client pods published, before the operator merges them.
+    client_results: Mapping[str, ResultObservation] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -192,7 +197,8 @@ def explain_not_ready(deployment: DeploymentObservation, pool: api.NodePool) -> 
 def _cleanup(
     suite: api.BenchmarkSuite, cell: plan.Cell, phase: api.CellPhase, observed: Observed
 ) -> list[tuple[str, str]]:
-    """Delete a finished cell's backend and Job per the cleanup policy (results stay)."""
+    """Delete a finished cell's backend and Job (and a several-client Job's barrier) per the
+    cleanup policy (results stay, and so do the client parts they were merged from)."""
     policy = suite.spec.cleanup.policy
     if policy is api.CleanupPolicy.NEVER or (
         policy is api.CleanupPolicy.ON_SUCCESS and phase is not api.CellPhase.SUCCEEDED
@@ -204,9 +210,59 @@ def _cleanup(
         deletes.append(("Deployment", naming.backend_name(*names)))
     if naming.backend_name(*names) in observed.services:
         deletes.append(("Service", naming.backend_name(*names)))
-    if naming.job_name(*names) in observed.jobs:
-        deletes.append(("Job", naming.job_name(*names)))
+    several = plan.resolve_clients(suite.spec.scenarios) > 1
+    for attempt in (1, 2):
+        if naming.job_name(*names, attempt) in observed.jobs:
+            deletes.append(("Job", naming.job_name(*names, attempt)))
+            if several:  # asked while its Job is there: no repeated deletes of nothing
+                deletes.append(("ConfigMap", naming.barrier_name(*names, attempt)))
     return deletes
+
+
+def _void_run(
+    names: tuple[str, str, str], clients: int, observed: Observed
+) -> list[tuple[str, str]]:
+    """What a void first run leaves: its Job, its barrier, the parts some clients published."""
+    deletes = [("Job", naming.job_name(*names)), ("ConfigMap", naming.barrier_name(*names))]
+    for index in range(clients):
+        part = naming.client_result_name(*names, index)
+        if part in observed.client_results:
+            deletes.append(("ConfigMap", part))
+    return deletes
+
+
+def _merge_parts(
+    suite: api.BenchmarkSuite,
+    uid: str,
+    cell: plan.Cell,
+    clients: int,
+    attempt: int,
+    observed: Observed,
+) -> manifests.Manifest | str | None:
+    """The merged result's ConfigMap once every client's part is in; a message when a part
+    is malformed; None while some are missing (the caller's grace period applies)."""
+    names = _names(suite, cell)
+    found = [
+        observed.client_results.get(naming.client_result_name(*names, index, attempt))
+        for index in range(clients)
+    ]
+    if any(part is None for part in found):
+        return None
+    parts = [part for part in found if part is not None]
+    broken = next((part for part in parts if part.result is None), None)
+    if broken is not None:
+        return f"client result ConfigMap {broken.name} is malformed: {broken.error}"
+    results = [part.result for part in parts if part.result is not None]
+    # The lead scraped the server when it could, and said so when a scrape failed.
+    expected = any(
+        s.server is not None or any(f.code is FlagCode.NO_SERVER_TIMES for f in s.flags)
+        for s in results[0].scenario_results()
+    )
+    try:
+        merged = merge.merge_cells(results, metrics_expected=expected)
+    except ValueError as error:  # MergeError, or a part without latency histograms
+        return f"the {clients} client results do not merge: {error}"
+    return manifests.build_merged_result(suite, uid, cell, merged)
 
 
 def _benchmark_job(
@@ -216,17 +272,24 @@ def _benchmark_job(
     settings: OperatorSettings,
     server_node: str | None,
     backend: PodObservation | None = None,
+    previous_attempts: int = 1,
 ) -> list[manifests.Manifest]:
-    """The Job and, first, the identity it publishes its result with."""
+    """The Job and, first, the identity it publishes its result with (and the barrier its
+    client pods meet at, when there are several)."""
     namespace = suite.metadata.namespace or "default"
     ready_s = None
     if backend is not None and backend.created_at and backend.ready_at:
         # Pod created -> Ready: scheduling, model prep, start-up and warm-up (ready means warm).
         ready_s = max(0.0, _seconds(backend.ready_at, backend.created_at))
+    attempt = previous_attempts
     job = manifests.build_bench_job(
-        suite, uid, cell, settings, server_node=server_node, time_to_ready_s=ready_s
-    )
-    return [*manifests.build_bench_rbac(namespace), job]
+        suite, uid, cell, settings, server_node=server_node, time_to_ready_s=ready_s,
+        attempt=attempt,
+    )  # fmt: skip
+    barrier = []
+    if plan.resolve_clients(suite.spec.scenarios) > 1:
+        barrier = [manifests.build_barrier(suite, uid, cell, attempt)]
+    return [*manifests.build_bench_rbac(namespace), *barrier, job]
 
 
 def plan_cell(
@@ -241,12 +304,13 @@ def plan_cell(
 ) -> _CellDecision:
     names = _names(suite, cell)
     timeouts = suite.spec.timeouts
-    deployment = observed.deployments.get(naming.backend_name(*names))
-    job = observed.jobs.get(naming.job_name(*names))
-    result = observed.results.get(naming.result_name(*names))
     base = api.CellStatus(backend=cell.backend.name, pool=cell.pool.name)
     if previous is not None:
         base = previous.model_copy()
+    clients = plan.resolve_clients(suite.spec.scenarios)
+    deployment = observed.deployments.get(naming.backend_name(*names))
+    job = observed.jobs.get(naming.job_name(*names, base.attempts))
+    result = observed.results.get(naming.result_name(*names))
 
     def decide(phase: api.CellPhase, message: str, **changes: object) -> _CellDecision:
         status = base.model_copy(update={"phase": phase, "message": message, **changes})
@@ -285,8 +349,18 @@ def plan_cell(
         )
     if job is not None:
         if job.failed_message:
+            why = "; ".join([job.failed_message, *job.failed_pods])
+            if clients > 1 and base.attempts == 1:
+                # A client pod failed: the run is void (its parts never merge); once more.
+                decision = decide(
+                    api.CellPhase.BENCHMARKING, f"run void ({why}); running it once more",
+                    node=node, attempts=2,
+                )  # fmt: skip
+                decision.deletes += _void_run(names, clients, observed)
+                return decision
+            again = " (the second run; the first was void)" if base.attempts > 1 else ""
             return decide(
-                api.CellPhase.FAILED, f"benchmark Job failed: {job.failed_message}", node=node,
+                api.CellPhase.FAILED, f"benchmark Job failed{again}: {why}", node=node,
                 failure=api.CellFailure.BENCHMARK_FAILED,
             )  # fmt: skip
         # The node the benchmark started against (recorded then), not where a new pod went.
@@ -295,6 +369,20 @@ def plan_cell(
             return decide(
                 api.CellPhase.FAILED, left, node=base.node, failure=api.CellFailure.BACKEND_GONE
             )
+        if job.succeeded and clients > 1:
+            merged = _merge_parts(suite, uid, cell, clients, base.attempts, observed)
+            if isinstance(merged, str):
+                return decide(
+                    api.CellPhase.FAILED, merged, node=node,
+                    failure=api.CellFailure.RESULT_MALFORMED,
+                )  # fmt: skip
+            if merged is not None:
+                decision = decide(
+                    api.CellPhase.BENCHMARKING, f"merging the results of {clients} clients",
+                    node=node,
+                )  # fmt: skip
+                decision.creates.append(merged)
+                return decision
         if job.succeeded:
             finished = job.finished_at or job.created_at
             if _seconds(now, finished) > settings.result_grace_s:
@@ -319,7 +407,9 @@ def plan_cell(
         if not may_start:
             return decide(api.CellPhase.PENDING, f"waiting for pool '{cell.pool.name}' to be free")
         decision = decide(api.CellPhase.BENCHMARKING, "benchmarking the external endpoint")
-        decision.creates += _benchmark_job(suite, uid, cell, settings, server_node=None)
+        decision.creates += _benchmark_job(
+            suite, uid, cell, settings, server_node=None, previous_attempts=base.attempts
+        )
         return decision
     if deployment is not None:
         ready_pods = [p for p in deployment.pods if p.ready]
@@ -330,8 +420,9 @@ def plan_cell(
                 node=node, backend_pod=measured.name, backend_restarts=measured.restarts,
             )  # fmt: skip
             decision.creates += _benchmark_job(
-                suite, uid, cell, settings, server_node=node, backend=measured
-            )
+                suite, uid, cell, settings, server_node=node, backend=measured,
+                previous_attempts=base.attempts,
+            )  # fmt: skip
             return decision
         waited = _seconds(now, deployment.created_at)
         reason = explain_not_ready(deployment, cell.pool)

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NotRequired, TypedDict, get_args
+from typing import Any, Final, NotRequired, TypedDict, get_args
 
 from pydantic import BaseModel
 
@@ -129,6 +129,8 @@ def _concurrency_requests(sweep: Any) -> int:
 
 CAP = api.MAX_SCENARIO_REQUESTS
 SPEC: Where = ("spec",)
+# clients absent, or the integer 1 (`auto` may mean several).
+_ONE_CLIENT: Final = "!has(self.clients) || (type(self.clients) == int && self.clients == 1)"
 BACKENDS: Where = ("spec", "backends")
 POOLS: Where = ("spec", "nodePools")
 
@@ -180,6 +182,28 @@ SUITE_RULES: tuple[Rule, ...] = (
         hint_for=lambda spec: "raise maxBatchSize of "
         + ", ".join(f"'{b.name}' ({b.max_batch_size})" for b in _too_small(spec))
         + " or drop the larger batch sizes",
+    ),
+    Rule(
+        "several clients measure in requests, not windows", ("spec", "scenarios"),
+        f"{_ONE_CLIENT} || !has(self.steadyState)",
+        lambda scenarios: scenarios.clients == 1 or scenarios.steady_state is None,
+        "steadyState with clients other than 1 is not supported yet (each client would judge "
+        "its windows alone)", "remove steadyState, or set clients: 1", field=".clients",
+        breaks_it=(("spec.scenarios.clients", 2),
+                   ("spec.scenarios.steadyState", {"windowRequests": 100}),
+                   ("spec.scenarios.rate", {"requestsPerSecond": [10]})),
+    ),
+    Rule(
+        "several clients run no max-rate search", ("spec", "scenarios"),
+        f"{_ONE_CLIENT} || !has(self.rate) || !has(self.rate.sloP99Ms)",
+        lambda scenarios: scenarios.clients == 1
+        or scenarios.rate is None
+        or scenarios.rate.slo_p99_ms is None,
+        "rate.sloP99Ms (the max-rate search) with clients other than 1 is not supported yet "
+        "(each client would pick its next rate alone)",
+        "remove sloP99Ms, or set clients: 1", field=".clients",
+        breaks_it=(("spec.scenarios.clients", "auto"),
+                   ("spec.scenarios.rate", {"requestsPerSecond": [10], "sloP99Ms": 50})),
     ),
     Rule(
         "swept batch sizes are unique", ("spec", "scenarios", "batchSweep", "batchSizes"),

@@ -234,3 +234,27 @@ def test_onnxruntime_splits_the_engine_from_the_server_against_pytorch_and_trito
     assert "## Engine vs server" in report
     assert (suite_dir / "plots" / "engine-vs-server.png").is_file()
     assert servers_left(tmp_path) == []
+
+
+def test_three_clients_share_every_scenario_and_merge_into_one_result(tmp_path: Path) -> None:
+    done = run_bakeoff(
+        "run", str(SUITES / "three-clients.yaml"), "--local", "--out", "out", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "out/three-clients/cells/pytorch-local.json").read_text())
+    assert "measured by 3 clients, merged" in result["notes"]
+    single = result["single"]
+    assert [c["index"] for c in single["clients"]] == [0]  # concurrency 1: client 0 alone
+    assert single["requests"] == single["server"]["requests"] == 20
+    low, high = result["concurrencySweep"]
+    assert [c["index"] for c in low["clients"]] == [0]
+    assert [(c["index"], c["concurrency"]) for c in high["clients"]] == [(0, 2), (1, 2), (2, 2)]
+    assert sum(c["requests"] for c in high["clients"]) == high["requests"] == 60
+    # Client 0's scrapes bound every client's measured requests, and nothing else.
+    assert high["server"]["requests"] == 60
+    assert high["latency"]["count"] == 60
+    [rate] = result["rate"]
+    assert len(rate["clients"]) == 3 and rate["workers"] == 3
+    assert rate["openLoop"]["requestedRequestsPerS"] == 30
+    assert rate["server"]["requests"] == rate["requests"] == rate["latency"]["count"]
+    assert servers_left(tmp_path) == []

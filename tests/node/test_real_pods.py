@@ -446,6 +446,89 @@ def test_prometheus_scrapes_the_operator_as_the_service_monitor_says_and_the_das
         prometheus.stop()
 
 
+THREE_CLIENTS = Path(__file__).parent / "suites" / "three-clients.yaml"
+
+
+def client_pods(core: k8s.CoreV1Api, job: str) -> dict[int, Any]:
+    """Completion index -> pod, of one Indexed benchmark Job."""
+    pods = core.list_namespaced_pod(TEAM_B, label_selector=f"job-name={job}").items
+    return {
+        int(p.metadata.annotations["batch.kubernetes.io/job-completion-index"]): p for p in pods
+    }
+
+
+def configmap_data(core: k8s.CoreV1Api, name: str) -> dict[str, str]:
+    return dict(core.read_namespaced_config_map(name, TEAM_B).data or {})
+
+
+def test_three_client_pods_start_together_merge_exactly_and_a_killed_one_voids_the_run(
+    request: pytest.FixtureRequest,
+    release: str,
+    api_client: k8s.ApiClient,
+    custom: k8s.CustomObjectsApi,
+    core: k8s.CoreV1Api,
+) -> None:
+    add_diagnostic(request, lambda: dump(TEAM_B))
+    recorder = NamespaceRecorder(api_client, TEAM_B)
+    recorder.start()
+    try:
+        name = apply_suite(TEAM_B, THREE_CLIENTS)
+        cell = (name, "pytorch", "cpu-mock")
+        first_job, barrier = naming.job_name(*cell), naming.barrier_name(*cell)
+
+        def inside_the_scenarios() -> dict[str, str] | None:
+            # Every client past set-up and the cold start: at a window edge of the scenarios.
+            try:
+                data = configmap_data(core, barrier)
+            except k8s.ApiException:
+                return None
+            steps = [int(data.get(str(i), "0 ").split()[0]) for i in range(3)]
+            return data if min(steps) >= 3 else None
+
+        wait_for(inside_the_scenarios, 300, "three client pods inside the scenarios")
+        pods = client_pods(core, first_job)
+        assert sorted(pods) == [0, 1, 2] and all(p.status.phase == "Running" for p in pods.values())
+        time.sleep(2)  # in the 4000-request concurrency scenario
+        core.delete_namespaced_pod(pods[1].metadata.name, TEAM_B, grace_period_seconds=0)
+        status = wait_for_suite_phase(custom, TEAM_B, name, FINISHED, SUITE_TIMEOUT_S)
+    finally:
+        recorder.stop()
+    [result_cell] = status["cells"]
+    assert status["phase"] == "Succeeded", status
+    # The first run was void (a client pod gone): its parts never merged; the rerun did.
+    assert result_cell["attempts"] == 2, result_cell
+    assert kubectl("get", "job", first_job, "-n", TEAM_B, check=False).returncode != 0
+    for index in range(3):
+        first_part = naming.client_result_name(*cell, index)
+        assert kubectl("get", "configmap", first_part, "-n", TEAM_B, check=False).returncode != 0
+    # The second run's pods all passed every barrier (cleanup Never keeps it).
+    second_barrier = configmap_data(core, naming.barrier_name(*cell, 2))
+    assert len({value.split()[0] for value in second_barrier.values()}) == 1, second_barrier
+    parts = [
+        json.loads(configmap_data(core, naming.client_result_name(*cell, i, 2))["result.json"])
+        for i in range(3)
+    ]
+    merged = json.loads(configmap_data(core, naming.result_name(*cell))["result.json"])
+    [scenario] = merged["concurrencySweep"]
+    shares = [p["concurrencySweep"][0] for p in parts]
+    # Exact: the merged histogram is the pooled parts', bucket by bucket.
+    pooled: dict[str, int] = {}
+    for share in shares:
+        for bucket, count in share["latency"]["histogram"]["counts"].items():
+            pooled[bucket] = pooled.get(bucket, 0) + count
+    assert scenario["latency"]["histogram"]["counts"] == pooled
+    assert scenario["requests"] == sum(s["requests"] for s in shares) == 4000
+    assert [c["concurrency"] for c in scenario["clients"]] == [2, 2, 2]
+    # Started together: client 0's scrapes, around its own window, counted every client's
+    # requests and no one else's.
+    assert scenario["server"]["requests"] == 4000
+    nodes = {c["node"] for c in scenario["clients"]}
+    print(f"\nthree clients on {nodes}: merged p50 {scenario['latency']['p50Ms']:.2f} ms, "
+          f"{scenario['requestsPerS']:.0f} req/s; per client "
+          + ", ".join(f"{c['p50Ms']:.2f} ms / {c['requestsPerS']:.0f} req/s"
+                      for c in scenario["clients"]))  # fmt: skip
+
+
 def test_uninstall_and_suite_deletion_leave_nothing_behind(
     cpu_mock: SuiteRun, killed: tuple[SuiteRun, str], release: str
 ) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import bench_factories
+import numpy as np
 import pytest
 from result_factories import cell as result_for
 
@@ -17,6 +19,8 @@ from bakeoff.reconcile import (
     ResultObservation,
 )
 from bakeoff.settings import OperatorSettings
+from bakeoff_bench import stats as bench_stats
+from bakeoff_bench.results import CellResult, ClientShareResult
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 UID = "0b6c4e1a-0000-4000-8000-000000000001"
@@ -533,3 +537,119 @@ def test_the_benchmark_records_the_pod_it_measures_and_its_restarts() -> None:
     )
     cell = next(c for c in plan.status.cells if c.backend == "pytorch" and c.pool == "a100")
     assert (cell.backend_pod, cell.backend_restarts) == (f"{name}-x", 3)
+
+
+# --- several client pods (scenarios.clients) ------------------------------------------------
+
+
+def three_clients() -> api.BenchmarkSuite:
+    scenarios = STUDY.spec.scenarios.model_copy(
+        update={"clients": 3, "steady_state": None, "rate": None}
+    )
+    return suite(scenarios=scenarios)
+
+
+def client_part(index: int, attempt: int = 1) -> ResultObservation:
+    """Client `index`'s published part: its share of one concurrency scenario."""
+    samples = np.random.default_rng(index).normal(0.010, 0.001, 100).clip(0.001)
+    share = bench_factories.closed(
+        "concurrency", 1, 8, latency=bench_stats.summarize_latencies(samples), count=100,
+        clients=[ClientShareResult(index=index, concurrency=3, requests=100,
+                                   requests_per_s=100.0, p50_ms=10.0, p99_ms=12.0)],
+    )  # fmt: skip
+    part = result_for("pytorch", "a100").model_copy(
+        update={"single": None, "batch_sweep": [], "concurrency_sweep": [share]}
+    )
+    name = naming.client_result_name(*names("pytorch", "a100"), index, attempt)
+    return ResultObservation(name, part)
+
+
+def several(plan: reconcile.Plan) -> api.CellStatus:
+    return next(c for c in plan.status.cells if c.backend == "pytorch" and c.pool == "a100")
+
+
+def test_several_clients_get_an_indexed_job_and_its_barrier() -> None:
+    observed = Observed(
+        deployments={"clip-vitb32-pytorch-a100": ready_deployment("pytorch", "a100")}
+    )
+    plan = reconcile.plan_suite(three_clients(), UID, observed, T0, SETTINGS)
+    assert ("ConfigMap", "clip-vitb32-pytorch-a100-barrier") in kinds(plan)
+    [job] = [m for m in plan.creates if m["kind"] == "Job"]
+    assert {k: job["spec"][k] for k in ("completionMode", "completions", "parallelism")} == {
+        "completionMode": "Indexed", "completions": 3, "parallelism": 3,
+    }  # fmt: skip
+    assert job["spec"]["backoffLimit"] == 0  # a replaced pod would miss the barriers passed
+    env = {
+        e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["BAKEOFF_BARRIER_CONFIGMAP"] == "clip-vitb32-pytorch-a100-barrier"
+    assert env["BAKEOFF_RESULT_CONFIGMAP"] == "clip-vitb32-pytorch-a100-part"
+    kinds_before_job = kinds(plan)[: kinds(plan).index(("Job", job["metadata"]["name"]))]
+    assert ("ConfigMap", "clip-vitb32-pytorch-a100-barrier") in kinds_before_job
+
+
+def test_the_parts_merge_into_the_cells_result_only_when_all_are_in() -> None:
+    job = running_job("pytorch", "a100", succeeded=True, finished_at=T0)
+    parts = {p.name: p for p in (client_part(0), client_part(1))}
+    observed = Observed(
+        deployments={"clip-vitb32-pytorch-a100": ready_deployment("pytorch", "a100")},
+        jobs={job.name: job}, client_results=parts,
+    )  # fmt: skip
+    plan = reconcile.plan_suite(three_clients(), UID, observed, T0, SETTINGS)
+    assert several(plan).message == "waiting for the result"  # 2 of 3: partial never merges
+    assert not [k for k in kinds(plan) if k[0] == "ConfigMap"]
+    third = client_part(2)
+    observed = Observed(
+        deployments=observed.deployments, jobs=observed.jobs,
+        client_results={**parts, third.name: third},
+    )  # fmt: skip
+    plan = reconcile.plan_suite(three_clients(), UID, observed, T0, SETTINGS)
+    assert several(plan).message == "merging the results of 3 clients"
+    [merged] = [m for m in plan.creates if m["kind"] == "ConfigMap"]
+    assert merged["metadata"]["name"] == "clip-vitb32-pytorch-a100-result"
+    assert merged["metadata"]["labels"][naming.LABEL_COMPONENT] == naming.COMPONENT_RESULT
+    result = CellResult.model_validate_json(merged["data"]["result.json"])
+    [scenario] = result.concurrency_sweep
+    assert scenario.requests == 300 and [c.index for c in scenario.clients] == [0, 1, 2]
+
+
+def test_a_failed_client_voids_the_run_once_then_fails_the_cell() -> None:
+    failure = "pod clip-vitb32-pytorch-a100-bench-1-x (client 1) on a100-1: Error, exit code 137"
+    job = running_job(
+        "pytorch", "a100", failed_message="BackoffLimitExceeded: Job has reached the limit",
+        failed_pods=(failure,),
+    )  # fmt: skip
+    part = client_part(0)
+    observed = Observed(
+        deployments={"clip-vitb32-pytorch-a100": ready_deployment("pytorch", "a100")},
+        jobs={job.name: job}, client_results={part.name: part},
+    )  # fmt: skip
+    plan = reconcile.plan_suite(three_clients(), UID, observed, T0, SETTINGS)
+    cell = several(plan)
+    assert cell.phase is api.CellPhase.BENCHMARKING and cell.attempts == 2
+    assert cell.message.startswith("run void (BackoffLimitExceeded") and failure in cell.message
+    assert set(plan.deletes) >= {
+        ("Job", "clip-vitb32-pytorch-a100-bench"),
+        ("ConfigMap", "clip-vitb32-pytorch-a100-barrier"),
+        ("ConfigMap", part.name),
+    }
+    # Next tick: the void Job is gone; the second run gets names of its own.
+    status = plan.status
+    observed = Observed(deployments=observed.deployments)
+    plan = reconcile.plan_suite(three_clients().model_copy(update={"status": status}), UID,
+                                observed, T0, SETTINGS)  # fmt: skip
+    assert ("Job", "clip-vitb32-pytorch-a100-bench-2") in kinds(plan)
+    assert ("ConfigMap", "clip-vitb32-pytorch-a100-barrier-2") in kinds(plan)
+    # The second run fails too: the cell fails with the reason.
+    again = JobObservation(
+        "clip-vitb32-pytorch-a100-bench-2", T0, failed_message="BackoffLimitExceeded: limit",
+        failed_pods=(failure,),
+    )  # fmt: skip
+    status = plan.status
+    plan = reconcile.plan_suite(
+        three_clients().model_copy(update={"status": status}), UID,
+        Observed(deployments=observed.deployments, jobs={again.name: again}), T0, SETTINGS,
+    )  # fmt: skip
+    cell = several(plan)
+    assert cell.phase is api.CellPhase.FAILED
+    assert cell.message.startswith("benchmark Job failed (the second run; the first was void)")
