@@ -184,14 +184,19 @@ build_one() { # name
 }
 
 cmd_list() {
-  printf '%-26s %-20s %10s\n' IMAGE ID SIZE
+  # The full image ID is the digest of the image's config (sha256:...): what a node that
+  # loads the image (`load`) runs. A registry names a pushed image by its manifest digest
+  # instead: `docker push` prints it, and it is listed here (pushed:) once pushed.
+  printf '%-26s %-71s %10s\n' IMAGE DIGEST SIZE
   local name ref
   for name in "${IMAGES[@]}"; do
     ref=bakeoff/$name:$TAG
     docker image inspect "$ref" >/dev/null 2>&1 || { printf '%-26s %s\n' "$ref" "(not built)"; continue; }
-    docker image inspect -f '{{.Id}} {{.Size}}' "$ref" | while read -r id size; do
-      printf '%-26s %-20s %7d MB\n' "$ref" "${id:0:19}" $((size / 1000000))
-    done
+    docker image inspect -f '{{.Id}} {{.Size}} {{join .RepoDigests ","}}' "$ref" |
+      while read -r id size pushed; do
+        printf '%-26s %-71s %7d MB\n' "$ref" "$id" $((size / 1000000))
+        [ -z "$pushed" ] || printf '  pushed: %s\n' "${pushed//,/ }"
+      done
   done
 }
 

@@ -26,7 +26,7 @@ from typing import Any, Final, Protocol
 import aiohttp
 
 from bakeoff_bench import client as oip
-from bakeoff_bench import server_metrics
+from bakeoff_bench import credentials, server_metrics
 from bakeoff_bench.publish import ApiAccess
 
 POLL_S: Final = 0.05
@@ -176,8 +176,10 @@ class CoordinatedScraper(server_metrics.MetricsScraper):
         metrics_url: str | None,
         model_name: str,
         barrier: Barrier,
+        secrets: credentials.Credentials = credentials.NO_CREDENTIALS,
     ) -> None:
-        super().__init__(session, metrics_url if barrier.index == 0 else None, model_name)
+        url = metrics_url if barrier.index == 0 else None
+        super().__init__(session, url, model_name, secrets)
         self.barrier = barrier
         self._edges = 0
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import ssl
 import time
 import weakref
 import zlib
@@ -30,7 +31,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from bakeoff_bench import http1, payloads
+from bakeoff_bench import credentials, http1, payloads
+from bakeoff_bench.config import TargetAuth
 from bakeoff_bench.results import RequestError
 
 # (error_type, message): the key under which failures are aggregated.
@@ -80,7 +82,9 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return factory
 
 
-def make_session(concurrency: int, request_timeout_s: float) -> aiohttp.ClientSession:
+def make_session(
+    concurrency: int, request_timeout_s: float, ssl_context: ssl.SSLContext | None = None
+) -> aiohttp.ClientSession:
     """The one session of a run: pool of `concurrency` keep-alive connections, explicit timeouts.
 
     DNS is resolved once and cached for the whole run (ttl None), so no lookup (and no
@@ -88,8 +92,10 @@ def make_session(concurrency: int, request_timeout_s: float) -> aiohttp.ClientSe
     change under a running Job. Idle connections are kept for at least a minute so that the
     pauses between phases (scrapes, parity) do not cost a measured request a new handshake.
     Closing the session also closes the `infer` connections of every `OipClient` on it.
+    `ssl_context`: how https answers are checked (a custom CA, a client certificate).
     """
     connector = _SessionConnector(
+        ssl=ssl_context if ssl_context is not None else True,
         limit=concurrency,
         limit_per_host=concurrency,
         use_dns_cache=True,
@@ -151,6 +157,7 @@ class _SessionConnector(aiohttp.TCPConnector):
     def __init__(
         self,
         *,
+        ssl: ssl.SSLContext | bool,
         limit: int,
         limit_per_host: int,
         use_dns_cache: bool,
@@ -158,6 +165,7 @@ class _SessionConnector(aiohttp.TCPConnector):
         keepalive_timeout: float,
     ) -> None:
         super().__init__(
+            ssl=ssl,
             limit=limit,
             limit_per_host=limit_per_host,
             use_dns_cache=use_dns_cache,
@@ -175,16 +183,29 @@ class _SessionConnector(aiohttp.TCPConnector):
 class OipClient:
     """Open Inference Protocol calls for one model on one server."""
 
-    def __init__(self, session: aiohttp.ClientSession, http_url: str, model_name: str) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        http_url: str,
+        model_name: str,
+        auth: TargetAuth | None = None,
+    ) -> None:
         self.session = session
         self.base_url = http_url.rstrip("/")
+        # Read once: every request (health, metadata, infer) carries the same credentials.
+        self.auth = auth
+        self.credentials = credentials.load(auth, self.base_url)
+        self._auth_headers = self.credentials.headers_for(self.base_url)
         self.model_name = model_name
         self.model_url = f"{self.base_url}/v2/models/{model_name}"
         self.infer_url = f"{self.model_url}/infer"
         timeout = session.timeout
         total = timeout.total if timeout.total is not None else _DEFAULT_TIMEOUT_S
         self._pool = http1.HttpPool(
-            self.base_url, total, timeout.sock_connect or timeout.connect or total
+            self.base_url,
+            total,
+            timeout.sock_connect or timeout.connect or total,
+            self.credentials.ssl_context,
         )
         self._infer_path = urlsplit(self.infer_url).path or "/"
         if isinstance(session.connector, _SessionConnector):
@@ -210,7 +231,9 @@ class OipClient:
         poll_timeout = aiohttp.ClientTimeout(total=min(5.0, timeout_s))
         while True:
             try:
-                async with self.session.get(url, timeout=poll_timeout) as response:
+                async with self.session.get(
+                    url, timeout=poll_timeout, headers=self._auth_headers
+                ) as response:
                     await response.read()
                     if response.status == 200:
                         return time.monotonic() - started
@@ -225,7 +248,7 @@ class OipClient:
 
     async def get_json(self, url: str) -> dict[str, Any]:
         try:
-            async with self.session.get(url) as response:
+            async with self.session.get(url, headers=self._auth_headers) as response:
                 body = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise BackendResponseError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
@@ -258,6 +281,7 @@ class OipClient:
             f"POST {self._infer_path} HTTP/1.1",
             f"Host: {self._pool.host_header}",
             f"User-Agent: {_USER_AGENT}",
+            *[f"{name}: {value}" for name, value in self._auth_headers.items()],
         ]
         for name, value in payload.headers.items():
             if "\r" in name or "\n" in name or "\r" in value or "\n" in value:

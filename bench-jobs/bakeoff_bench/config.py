@@ -15,6 +15,21 @@ from pydantic import Field, model_validator
 from bakeoff_bench.models import StrictModel
 
 
+class TargetAuth(StrictModel):
+    """Credentials as files, a mounted Secret's keys: paths only, never a value (the config
+    travels in the Job's spec). `credentials.load` reads them."""
+
+    bearer_token_file: str | None = Field(default=None, description="Sent as a bearer token")
+    basic_username_file: str | None = Field(default=None, description="HTTP basic auth user")
+    basic_password_file: str | None = Field(default=None, description="HTTP basic password")
+    header_files: dict[str, str] = Field(
+        default_factory=dict, description="Header name -> file holding its value"
+    )
+    ca_file: str | None = Field(default=None, description="PEM CA to trust for https")
+    client_certificate_file: str | None = Field(default=None, description="PEM client cert")
+    client_key_file: str | None = Field(default=None, description="PEM key of the client cert")
+
+
 class Target(StrictModel):
     """Where the backend under test answers."""
 
@@ -25,6 +40,7 @@ class Target(StrictModel):
         default=None, description="Prometheus text endpoint with Triton's nv_inference_* names"
     )
     model_name: str = Field(description="Model name in /v2/models/{name}", min_length=1)
+    auth: TargetAuth | None = Field(default=None, description="Credentials, as files")
 
 
 class Arrival(StrEnum):

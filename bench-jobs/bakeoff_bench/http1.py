@@ -344,7 +344,13 @@ class HttpPool:
     request fails at most a twentieth of the timeout (at most 1 s) after its deadline.
     """
 
-    def __init__(self, url: str, timeout_s: float | None, connect_timeout_s: float | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float | None,
+        connect_timeout_s: float | None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{url!r} is not an http:// or https:// URL")
@@ -353,9 +359,9 @@ class HttpPool:
         default_port = self.port == (443 if parts.scheme == "https" else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = host if default_port else f"{host}:{self.port}"
-        self.ssl: ssl.SSLContext | None = (
-            ssl.create_default_context() if parts.scheme == "https" else None
-        )
+        self.ssl: ssl.SSLContext | None = None
+        if parts.scheme == "https":
+            self.ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
         self.timeout_s = timeout_s if timeout_s else float("inf")
         self.connect_timeout_s = connect_timeout_s or timeout_s or None
         self._tick_s = min(1.0, max(0.005, self.timeout_s / 20))

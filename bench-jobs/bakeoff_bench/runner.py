@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from bakeoff_bench import (
     barrier,
     coldstart,
+    credentials,
     environment,
     flags,
     payloads,
@@ -237,8 +238,15 @@ async def run_bench(
     target = config.target
     notes: list[str] = []
     measured = phases.Measured()
-    async with oip.make_session(connection_limit(config), config.request_timeout_s) as session:
-        client = oip.OipClient(session, target.http_url, target.model_name)
+    try:
+        secrets = credentials.load(target.auth, target.http_url)
+    except credentials.CredentialsError as exc:
+        raise BenchSetupError(f"endpoint.auth: {exc}") from None
+    if target.auth is not None:
+        notes.append(f"credentials from files (Secrets): {secrets.summary}")
+    limit = connection_limit(config)
+    async with oip.make_session(limit, config.request_timeout_s, secrets.ssl_context) as session:
+        client = oip.OipClient(session, target.http_url, target.model_name, target.auth)
         progress(f"waiting for {target.http_url} to be ready")
         await client.wait_ready(config.ready_timeout_s)
         server_meta = await client.server_metadata()
@@ -255,10 +263,12 @@ async def run_bench(
         # The metric baseline, before any inference request: every later scrape waits until
         # the server has counted all the answers the client has seen since.
         scraper = (
-            server_metrics.MetricsScraper(session, target.metrics_url, target.model_name)
+            server_metrics.MetricsScraper(
+                session, target.metrics_url, target.model_name, client.credentials
+            )
             if config.clients == 1
             else barrier.CoordinatedScraper(
-                session, target.metrics_url, target.model_name, coordination
+                session, target.metrics_url, target.model_name, coordination, client.credentials
             )
         )
         await coordination.wait("set up")

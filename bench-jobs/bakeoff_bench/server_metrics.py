@@ -19,6 +19,7 @@ from typing import Final
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from bakeoff_bench import credentials
 from bakeoff_bench.results import ServerTimes
 
 REQUEST_SUCCESS: Final = "nv_inference_request_success"
@@ -115,10 +116,13 @@ def gpu_memory_bytes(snapshot: MetricsSnapshot | None) -> int | None:
 
 
 async def scrape(
-    session: aiohttp.ClientSession, metrics_url: str, model_name: str
+    session: aiohttp.ClientSession,
+    metrics_url: str,
+    model_name: str,
+    headers: Mapping[str, str] | None = None,
 ) -> MetricsSnapshot:
     """GET the Prometheus text and parse it; network and HTTP errors raise."""
-    async with session.get(metrics_url) as response:
+    async with session.get(metrics_url, headers=headers) as response:
         response.raise_for_status()
         text = await response.text()
     return parse_snapshot(text, model_name)
@@ -128,10 +132,16 @@ class MetricsScraper:
     """Scrapes without ever failing the run: a failed scrape is None plus a kept message."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, metrics_url: str | None, model_name: str
+        self,
+        session: aiohttp.ClientSession,
+        metrics_url: str | None,
+        model_name: str,
+        secrets: credentials.Credentials = credentials.NO_CREDENTIALS,
     ) -> None:
         self.session = session
         self.metrics_url = metrics_url
+        # The endpoint's credentials, where the metrics are served on its origin.
+        self._headers = secrets.headers_for(metrics_url) if metrics_url else {}
         self.model_name = model_name
         self.problems: list[str] = []
         self.last: MetricsSnapshot | None = None
@@ -142,7 +152,7 @@ class MetricsScraper:
         if self.metrics_url is None:
             return None
         try:
-            self.last = await scrape(self.session, self.metrics_url, self.model_name)
+            self.last = await scrape(self.session, self.metrics_url, self.model_name, self._headers)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self.problems.append(f"metrics scrape of {self.metrics_url} failed: {exc}")
             return None

@@ -26,8 +26,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Final
 
 from bakeoff_bench import client as oip
-from bakeoff_bench import open_loop, payloads, server_metrics
-from bakeoff_bench.config import RateScenario
+from bakeoff_bench import credentials, open_loop, payloads, server_metrics
+from bakeoff_bench.config import RateScenario, TargetAuth
 from bakeoff_bench.results import ScenarioResult
 
 READY_TIMEOUT_S: Final = 60.0  # spawning imports numpy and aiohttp: seconds, not minutes
@@ -50,6 +50,7 @@ class WorkerJob:
     batch_size: int
     run: open_loop.RateRun
     warmup: open_loop.RateRun | None
+    auth: TargetAuth | None = None  # files: each client process reads its own credentials
 
 
 def _monotonic_of(epoch: float) -> float:
@@ -58,8 +59,10 @@ def _monotonic_of(epoch: float) -> float:
 
 async def _serve_job(conn: Connection, job: WorkerJob) -> None:
     payload = payloads.Payload(body=job.body, headers=job.headers, batch_size=job.batch_size)
-    async with oip.make_session(job.run.max_in_flight, job.request_timeout_s) as session:
-        client = oip.OipClient(session, job.http_url, job.model_name)
+    secrets = credentials.load(job.auth, job.http_url)
+    limit, timeout_s = job.run.max_in_flight, job.request_timeout_s
+    async with oip.make_session(limit, timeout_s, secrets.ssl_context) as session:
+        client = oip.OipClient(session, job.http_url, job.model_name, job.auth)
         conn.send(("ready", None))
         for run in (job.warmup, job.run):
             _, epoch = await asyncio.to_thread(conn.recv)
@@ -190,6 +193,7 @@ async def run_rate(
             WorkerJob(
                 http_url=client.base_url,
                 model_name=client.model_name,
+                auth=client.auth,
                 request_timeout_s=_request_timeout(client),
                 body=payload.body,
                 headers=dict(payload.headers),

@@ -107,6 +107,89 @@ class DynamicBatching(StrictModel):
     )
 
 
+# A Secret's name (a DNS subdomain) and one of its keys, as Kubernetes accepts them.
+SecretName = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    ),
+]  # fmt: skip
+SecretKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+]
+# An HTTP header name (an RFC 9110 token, the characters gateways actually use).
+HeaderName = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][-A-Za-z0-9_]*$")
+]
+
+
+class SecretKeyRef(StrictModel):
+    """One key of a Secret in the suite's namespace."""
+
+    name: SecretName = Field(description="The Secret's name")
+    key: SecretKey = Field(description="The key whose value is used")
+
+
+class SecretValue(StrictModel):
+    """A value kept in a Secret: only the benchmark Job mounts it, as a file."""
+
+    secret_ref: SecretKeyRef = Field(description="{name, key} of a Secret in this namespace")
+
+
+class BasicAuth(StrictModel):
+    username: SecretValue = Field(description="HTTP basic auth user name")
+    password: SecretValue = Field(description="HTTP basic auth password")
+
+
+class SecretHeader(StrictModel):
+    """A header every request carries, for inference gateways that want one (an API key)."""
+
+    name: HeaderName = Field(description="Header name, e.g. X-Api-Key")
+    value: SecretValue = Field(description="Its value, from a Secret")
+
+
+class EndpointTls(StrictModel):
+    """How an https endpoint is trusted and how the client proves who it is."""
+
+    ca: SecretValue | None = Field(
+        default=None, description="PEM CA certificate(s) to trust besides the system's"
+    )
+    client_certificate: SecretValue | None = Field(
+        default=None, description="PEM client certificate (mutual TLS); with clientKey"
+    )
+    client_key: SecretValue | None = Field(
+        default=None, description="PEM private key of clientCertificate"
+    )
+
+
+class EndpointAuth(StrictModel):
+    """Credentials by reference: Secrets the benchmark Job mounts as files. Neither the
+    operator nor the Job's ServiceAccount reads Secrets through the API."""
+
+    bearer_token: SecretValue | None = Field(
+        default=None, description="Sent as Authorization: Bearer <token>"
+    )
+    basic: BasicAuth | None = Field(default=None, description="HTTP basic auth")
+    headers: list[SecretHeader] = Field(
+        default_factory=list, max_length=16, description="Headers with values from Secrets"
+    )
+    tls: EndpointTls | None = Field(default=None, description="https only: CA, client cert")
+
+    def secret_values(self) -> list[tuple[str, SecretValue]]:
+        """(field path under auth, value) of every Secret reference, in spec order."""
+        found: list[tuple[str, SecretValue | None]] = [
+            ("bearerToken", self.bearer_token),
+            ("basic.username", self.basic.username if self.basic else None),
+            ("basic.password", self.basic.password if self.basic else None),
+            *[(f"headers[{i}].value", h.value) for i, h in enumerate(self.headers)],
+            ("tls.ca", self.tls.ca if self.tls else None),
+            ("tls.clientCertificate", self.tls.client_certificate if self.tls else None),
+            ("tls.clientKey", self.tls.client_key if self.tls else None),
+        ]
+        return [(path, value) for path, value in found if value is not None]
+
+
 class Endpoint(StrictModel):
     """An Open Inference Protocol server that already runs: benchmarked as it is."""
 
@@ -120,6 +203,11 @@ class Endpoint(StrictModel):
     )  # fmt: skip
     model_name: ModelName | None = Field(
         default=None, description="Model name it serves; default: spec.model.name"
+    )
+    auth: EndpointAuth | None = Field(
+        default=None,
+        description="Credentials from Secrets (bearer token, basic auth, headers, TLS); never "
+        "put them in the URLs",
     )
 
 

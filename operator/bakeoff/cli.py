@@ -123,7 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bakeoff import local  # imports the servers' launchers and the load generator
 
     progress = _progress_printer()
-    options = local.LocalOptions(out_dir=Path(args.out), pool=args.pool, device=args.device)
+    secrets_dir = Path(args.secrets_dir) if args.secrets_dir else None
+    options = local.LocalOptions(
+        out_dir=Path(args.out), pool=args.pool, device=args.device, secrets_dir=secrets_dir
+    )
     # SIGTERM takes the same path as Ctrl-C, so servers are stopped either way.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     suite_dir = options.out_dir / suite.metadata.name
@@ -234,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "cpu", "cuda"],
         default="auto",
         help="auto: the pool's (gpus: 0 means cpu)",
+    )
+    p_run.add_argument(
+        "--secrets-dir",
+        help="external endpoints' credentials: each Secret key in DIR/<secret>/<key>",
     )
     p_run.set_defaults(func=cmd_run)
     p_report = sub.add_parser(

@@ -209,6 +209,7 @@ class KubeClient:
         self.apps = k8s.AppsV1Api(api_client)
         self.batch = k8s.BatchV1Api(api_client)
         self.rbac = k8s.RbacAuthorizationV1Api(api_client)
+        self.networking = k8s.NetworkingV1Api(api_client)
         # (namespace, kind, name) of a shared object -> time.monotonic() until which it is
         # taken to exist. Handlers run in threads: a race costs one extra create, no more.
         self._exists_until: dict[tuple[str, str, str], float] = {}
@@ -244,6 +245,7 @@ class KubeClient:
             "Role": self.rbac.create_namespaced_role,
             "RoleBinding": self.rbac.create_namespaced_role_binding,
             "ConfigMap": self.core.create_namespaced_config_map,
+            "NetworkPolicy": self.networking.create_namespaced_network_policy,
         }
         created = True
         try:
@@ -268,6 +270,7 @@ class KubeClient:
             "Service": self.core.delete_namespaced_service,
             "Job": self.batch.delete_namespaced_job,
             "ConfigMap": self.core.delete_namespaced_config_map,
+            "NetworkPolicy": self.networking.delete_namespaced_network_policy,
         }
         try:
             deleters[kind](name, namespace, propagation_policy="Background")

@@ -52,6 +52,8 @@ class LocalOptions:
     pool: str | None = None
     device: DeviceChoice = "auto"
     cache_dir: Path | None = None
+    # Where external endpoints' Secret keys are read: <dir>/<secret>/<key>, as in a bench pod.
+    secrets_dir: Path | None = None
 
 
 class LocalRunError(Exception):
@@ -247,7 +249,7 @@ def _measure(
     progress: Progress,
 ) -> CellResult:
     plugin = plugin_for(cell.backend)
-    remote = plugin.remote_target(suite)
+    remote = plugin.remote_target(suite, options.secrets_dir or Path("secrets"))
     if remote is not None:
         return _measure_external(suite, cell, remote, progress)
     server = plugin.start_locally(suite, gpus, work_dir, options.cache_dir)
@@ -289,6 +291,31 @@ def run_cell(
     return outcome
 
 
+def check_secret_files(backends: list[api.Backend], secrets_dir: Path | None) -> None:
+    """Every Secret key an endpoint's auth names is a file under `secrets_dir`, before a
+    cell starts; the message lists what is missing and how to lay it out."""
+    missing: list[str] = []
+    for backend in backends:
+        if not isinstance(backend, api.ExternalBackend) or backend.endpoint.auth is None:
+            continue
+        for path, value in backend.endpoint.auth.secret_values():
+            ref = value.secret_ref
+            where = (
+                f"backend '{backend.name}' endpoint.auth.{path}: Secret {ref.name} key {ref.key}"
+            )
+            if secrets_dir is None or not (secrets_dir / ref.name / ref.key).is_file():
+                missing.append(where)
+    if not missing:
+        return
+    layout = (
+        "locally, put each Secret key in a file DIR/<secret>/<key> (the layout a benchmark pod "
+        "mounts) and pass --secrets-dir DIR"
+    )
+    if secrets_dir is not None:
+        layout += f"; looked in {secrets_dir}"
+    raise LocalRunError(f"{'; '.join(missing)}: no file; {layout}")
+
+
 def run_local(
     suite: api.BenchmarkSuite, options: LocalOptions, progress: Progress
 ) -> list[CellOutcome]:
@@ -302,6 +329,7 @@ def run_local(
     device = choose_device(pool, options.device, visible > 0)
     gpus = local_gpus(pool, device, visible)
     cells = [c for c in plan.plan_cells(suite.spec) if c.pool.name == pool.name]
+    check_secret_files([c.backend for c in cells], options.secrets_dir)
     suite_dir = options.out_dir / suite.metadata.name
     suite_dir.mkdir(parents=True, exist_ok=True)
     repeats = suite.spec.scenarios.repeats

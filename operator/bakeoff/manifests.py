@@ -108,13 +108,53 @@ def build_backend_service(
     }
 
 
+def build_backend_network_policy(
+    suite: api.BenchmarkSuite, uid: str, cell: plan.Cell, settings: OperatorSettings
+) -> Manifest | None:
+    """Who may reach a cell's backend: its own bench Job's pods (every port), and the
+    metrics scrapers (`settings.metrics_scrapers`, the metrics port only). None where
+    nothing is deployed. A cluster whose network plugin enforces no policy ignores it."""
+    pod = backend_pod(suite, cell, settings)
+    if pod is None:
+        return None
+    name_args = (suite.metadata.name, cell.backend.name, cell.pool.name)
+    bench = naming.cell_labels(*name_args, naming.COMPONENT_BENCH)
+    keys = (naming.LABEL_SUITE, naming.LABEL_BACKEND, naming.LABEL_POOL, naming.LABEL_COMPONENT)
+    every_port = [
+        {"protocol": "TCP", "port": port}
+        for port in (pods.HTTP_PORT, pods.GRPC_PORT, pods.METRICS_PORT)
+    ]
+    ingress: list[dict[str, Any]] = [
+        {"from": [{"podSelector": {"matchLabels": {k: bench[k] for k in keys}}}],
+         "ports": every_port},
+    ]  # fmt: skip
+    if settings.metrics_scrapers:
+        # The PyTorch server serves /metrics on its HTTP port: a scraper can reach that port.
+        metrics_port = pods.METRICS_PORT if pod.metrics_on_own_port else pods.HTTP_PORT
+        ingress.append(
+            {"from": [dict(peer) for peer in settings.metrics_scrapers],
+             "ports": [{"protocol": "TCP", "port": metrics_port}]}
+        )  # fmt: skip
+    labels = naming.cell_labels(*name_args, naming.COMPONENT_BACKEND)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(naming.backend_name(*name_args), suite, uid, labels),
+        "spec": {
+            "podSelector": {"matchLabels": naming.backend_selector(*name_args)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
 def bench_target(
     suite: api.BenchmarkSuite, cell: plan.Cell, pod: BackendPod | None
 ) -> bench_config.Target:
     """Where the in-cluster benchmark Job reaches the backend: its Service's DNS name, or the
     endpoint of a server that runs elsewhere."""
     if pod is None:
-        remote = plugin_for(cell.backend).remote_target(suite)
+        remote = plugin_for(cell.backend).remote_target(suite, pods.SECRETS_ROOT)
         if remote is None:
             raise ValueError(f"backend '{cell.backend.name}' deploys nothing and has no endpoint")
         return remote
@@ -186,6 +226,10 @@ def build_bench_job(
         resources={"requests": {"cpu": settings.bench_cpu_request,
                                 "memory": settings.bench_memory_request}},
     )  # fmt: skip
+    # An external endpoint's credentials: its Secrets' keys as files, never as env vars.
+    auth = cell.backend.endpoint.auth if isinstance(cell.backend, api.ExternalBackend) else None
+    secret_volumes, secret_mounts = pods.secret_mounts(auth)
+    container["volumeMounts"] += secret_mounts
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -201,7 +245,7 @@ def build_bench_job(
                     "securityContext": dict(pods.RESTRICTED_POD),
                     "affinity": _bench_anti_affinity(name_args, settings, bench.clients),
                     "containers": [container],
-                    "volumes": [{"name": "scratch", "emptyDir": {}}],
+                    "volumes": [{"name": "scratch", "emptyDir": {}}, *secret_volumes],
                 },
             },
         },

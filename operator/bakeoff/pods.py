@@ -8,6 +8,7 @@ RuntimeDefault seccomp.
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any, Final
 
 from bakeoff import api
@@ -19,6 +20,10 @@ METRICS_PORT: Final = 8002
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 
 Container = dict[str, Any]
+# Where the benchmark Job mounts each Secret an endpoint's auth names: ROOT/<secret>/<key>.
+SECRETS_ROOT: Final = PurePosixPath("/var/run/bakeoff/secrets")
+# Owner-and-group readable: the pod's fsGroup (1000) is the group, its user is in it.
+SECRET_FILE_MODE: Final = 0o440
 
 RESTRICTED_CONTAINER: Final[dict[str, Any]] = {
     "allowPrivilegeEscalation": False,
@@ -95,3 +100,26 @@ def server_container(
         "server", image, args, ports=ports(metrics=metrics), readinessProbe=ready_probe(),
         resources=resources(pool, settings),
     )  # fmt: skip
+
+
+def secret_mounts(
+    auth: api.EndpointAuth | None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volume mounts) of the Secrets `auth` names: each Secret once, read-only at
+    SECRETS_ROOT/<name>, only the keys used. The kubelet reads them; nothing in the API
+    (neither the operator nor the Job's ServiceAccount) needs a right on Secrets."""
+    if auth is None:
+        return [], []
+    keys: dict[str, set[str]] = {}
+    for _, value in auth.secret_values():
+        keys.setdefault(value.secret_ref.name, set()).add(value.secret_ref.key)
+    volumes, mounts = [], []
+    for index, name in enumerate(sorted(keys)):
+        volume = f"secret-{index}"
+        items = [{"key": key, "path": key} for key in sorted(keys[name])]
+        volumes.append(
+            {"name": volume,
+             "secret": {"secretName": name, "items": items, "defaultMode": SECRET_FILE_MODE}}
+        )  # fmt: skip
+        mounts.append({"name": volume, "mountPath": str(SECRETS_ROOT / name), "readOnly": True})
+    return volumes, mounts

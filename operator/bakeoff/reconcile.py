@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from bakeoff import analysis, api, manifests, naming, plan
+from bakeoff import analysis, api, manifests, naming, plan, pods
 from bakeoff.backends import plugin_for
 from bakeoff.settings import OperatorSettings
 from bakeoff_bench import merge
@@ -210,6 +210,8 @@ def _cleanup(
         deletes.append(("Deployment", naming.backend_name(*names)))
     if naming.backend_name(*names) in observed.services:
         deletes.append(("Service", naming.backend_name(*names)))
+        # Created with the Service, so deleted with it (a 404 is fine: policies may be off).
+        deletes.append(("NetworkPolicy", naming.backend_name(*names)))
     several = plan.resolve_clients(suite.spec.scenarios) > 1
     for attempt in (1, 2):
         if naming.job_name(*names, attempt) in observed.jobs:
@@ -324,7 +326,7 @@ def plan_cell(
         return decide(previous.phase, previous.message)
     node = _backend_node(deployment) or base.node
     # A server that runs elsewhere (kind external) is benchmarked as it is: nothing to deploy.
-    runs_elsewhere = plugin_for(cell.backend).remote_target(suite) is not None
+    runs_elsewhere = plugin_for(cell.backend).remote_target(suite, pods.SECRETS_ROOT) is not None
     interrupted = backend_interrupted(deployment, base, job) if job is not None else ""
     if interrupted:
         decision = decide(
@@ -441,6 +443,9 @@ def plan_cell(
         manifests.build_backend_deployment(suite, uid, cell, settings),
         manifests.build_backend_service(suite, uid, cell, settings),
     ]
+    policy = manifests.build_backend_network_policy(suite, uid, cell, settings)
+    if settings.network_policies and policy is not None:
+        decision.creates.append(policy)
     return decision
 
 

@@ -1,13 +1,15 @@
 """Keep credentials and whole objects out of the operator's log (and the Events kopf posts
 from it).
 
-A suite may carry a secret: an external endpoint's URL with credentials in it
-(`http://user:token@triton.ml:8000`). kopf logs whole bodies, diffs and patches at DEBUG
-(`--verbose`), and its diff-base annotation holds the entire spec, so a verbose operator would
-print that secret on every change. `install()` (called when `bakeoff.handlers` is imported)
-adds a filter to kopf's per-object logger, through which kopf's records and our handlers' go:
-payload dumps are replaced by their size, and URL credentials by `***`, before any handler
-(console, k8s-event poster, a test's buffer) sees the record.
+Credentials belong in Secrets (`endpoint.auth`), and the API refuses an endpoint URL with
+credentials in it (`http://user:token@triton.ml:8000`); this filter is the second line, for
+a suite applied where the CRD's rules did not run. kopf logs whole bodies, diffs and patches
+at DEBUG (`--verbose`), and its diff-base annotation holds the entire spec, so a verbose
+operator would print such a secret on every change. `install()` (called when
+`bakeoff.handlers` is imported) adds a filter to kopf's per-object logger, through which
+kopf's records and our handlers' go: payload dumps are replaced by their size, and URL
+credentials by `***`, before any handler (console, k8s-event poster, a test's buffer) sees
+the record.
 """
 
 from __future__ import annotations

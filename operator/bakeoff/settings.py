@@ -5,11 +5,24 @@ The Helm chart sets these as environment variables (BAKEOFF_*); tests build them
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Final, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# repository[:tag][@sha256:<64 hex>]: a tag, a digest (pinned), or both (the digest wins).
+IMAGE_REFERENCE: Final = re.compile(
+    r"^[a-z0-9]+(?:(?:[._]|__|-+|:[0-9]+/|/)[a-z0-9]+)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+# Who may scrape a backend's metrics where NetworkPolicies are on: Prometheus pods (the
+# prometheus-operator's and the community chart's label) in any namespace.
+DEFAULT_SCRAPERS: Final[list[dict[str, Any]]] = [
+    {"namespaceSelector": {},
+     "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}},
+]  # fmt: skip
 
 
 class OperatorSettings(BaseSettings):
@@ -39,10 +52,31 @@ class OperatorSettings(BaseSettings):
         description="Keep a benchmark pod off its backend's node (required), or only prefer to: "
         "one-worker clusters must share it (the result is flagged client-shares-node)",
     )
+    network_policies: bool = Field(
+        default=True,
+        description="A NetworkPolicy per backend: only its own bench Job and the metrics "
+        "scrapers reach it (enforced where the cluster's network plugin enforces policies)",
+    )
+    metrics_scrapers: list[dict[str, Any]] = Field(
+        default_factory=lambda: [dict(peer) for peer in DEFAULT_SCRAPERS],
+        description="NetworkPolicy peers (from:) that may scrape a backend's metrics port",
+    )
     reconcile_interval_s: float = Field(default=10.0, gt=0)
     result_grace_s: float = Field(
         default=60.0, gt=0, description="Wait for a result after its Job succeeded"
     )
+
+    @field_validator(
+        "pytorch_image", "triton_image", "cpu_mock_image", "model_prep_image", "bench_image"
+    )
+    @classmethod
+    def _image_reference(cls, value: str) -> str:
+        if not IMAGE_REFERENCE.match(value):
+            raise ValueError(
+                f"{value!r} is not an image reference: use repository:tag, repository@sha256:"
+                "<64 hex digits> (pinned) or repository:tag@sha256:<digest>"
+            )
+        return value
 
 
 @lru_cache(maxsize=1)

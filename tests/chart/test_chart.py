@@ -225,13 +225,35 @@ def test_contradictory_values_fail_with_an_error(helm: Path, args: list[str], me
         ["--set", "operator.replicas=2"],
         ["--set", "watch.clusterwide=true"],
         ["--set", "cpuMock=yes"],
+        ["--set", "images.bench=ghcr.io/x/bench-job@sha256:abc"],
+        ["--set", "images.bench=ghcr.io/x/bench job:1"],
     ],
-    ids=["unknown-key", "misspelt-key", "wrong-type"],
+    ids=["unknown-key", "misspelt-key", "wrong-type", "short-digest", "space-in-image"],
 )
 def test_values_schema_rejects_unknown_keys_and_wrong_types(helm: Path, args: list[str]) -> None:
     done = helm_template(helm, *args, check=False)
     assert done.returncode != 0
     assert "values don't meet the specifications of the schema" in done.stderr
+
+
+def _operator_env(rendered: str) -> dict[str, str]:
+    (deployment,) = by_kind(documents(rendered), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def test_images_pinned_by_digest_and_network_policies_reach_the_operator(helm: Path) -> None:
+    digest = "sha256:" + "0123456789abcdef" * 4
+    pinned = f"registry.example:5000/bakeoff/bench-job@{digest}"
+    env = _operator_env(helm_template(helm, "--set", f"images.bench={pinned}").stdout)
+    assert env["BAKEOFF_BENCH_IMAGE"] == pinned
+    assert env["BAKEOFF_NETWORK_POLICIES"] == "true"
+    assert json.loads(env["BAKEOFF_METRICS_SCRAPERS"]) == [
+        {"namespaceSelector": {},
+         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}
+    ]  # fmt: skip
+    off = _operator_env(helm_template(helm, "--set", "networkPolicy.enabled=false").stdout)
+    assert off["BAKEOFF_NETWORK_POLICIES"] == "false"
 
 
 def test_crd_gate_and_keep_policy(helm: Path) -> None:

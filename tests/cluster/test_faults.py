@@ -12,6 +12,7 @@ driver holds the results back.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -315,8 +316,15 @@ def test_a_benchmark_pod_that_fails_is_retried_then_fails_its_cell_with_the_reas
     assert cells[("pytorch", "a100")]["phase"] == "Succeeded", cells
     failed = cells[(FAILING_BENCH_BACKEND, "a100")]
     assert failed["phase"] == "Failed", failed
-    assert failed["message"] == (
-        "benchmark Job failed: BackoffLimitExceeded: Job has reached the specified backoff limit"
+    # The Job's reason, then each failed pod's: where it ran and how it ended.
+    message = failed["message"]
+    assert message.startswith(
+        "benchmark Job failed: BackoffLimitExceeded: Job has reached the specified backoff limit; "
+    ), message
+    pods = message.split("; ")[1:]
+    assert len(pods) == 3, message
+    assert all(re.fullmatch(r"pod \S+-bench-\w+ on \S+: Error, exit code 1", p) for p in pods), (
+        message
     )
     complete = conditions_by_type(status)["ResultsComplete"]
     assert (complete["status"], complete["reason"]) == ("False", "CellsFailed")

@@ -1,6 +1,7 @@
 """Security on a real control plane: every pod the operator builds is admitted where the
-"restricted" Pod Security Standard is enforced, and a secret carried by a suite's spec never
-reaches the operator's log, its Events or the suite's status.
+"restricted" Pod Security Standard is enforced, and an endpoint's credentials, kept in a
+Secret, reach the load generator and nothing else: no spec, status, Event, log line or
+ConfigMap carries them.
 
 (Least-privilege RBAC of the operator and of the benchmark Jobs' ServiceAccount:
 test_chart_install.py's `kubectl auth can-i` tables.)
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,40 +33,54 @@ from bakeoff import manifests, naming, plan, validation
 from bakeoff.settings import OperatorSettings
 from bakeoff_bench.results import CellResult
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from fake_oip import MODEL, FakeOipServer, tls_gateway
+from tls_certs import Pki, make_pki
+
 pytestmark = pytest.mark.cluster
 
 UID = "00000000-0000-4000-8000-000000000000"  # owner references need one; dry runs keep none
 SECRET = "CANARY-s3cr3t-7f1d0c"  # recognisable: nothing else ever prints it
-SUITE: dict[str, Any] = {
-    "apiVersion": "bakeoff.dev/v1alpha1",
-    "kind": "BenchmarkSuite",
-    "metadata": {"name": "secretive"},
-    "spec": {
-        "model": {"name": "clip", "source": {"builtin": "vit-b32-clip"}},
-        "backends": [
-            {"name": "pytorch", "kind": "pytorch", "maxBatchSize": 8},
-            {"name": "onnx", "kind": "triton-onnx", "executionProvider": "cpu", "maxBatchSize": 8},
-            {
-                "name": "prod-triton",
-                "kind": "external",
-                "maxBatchSize": 8,
-                "endpoint": {
-                    # Credentials in the URL: the one place the API lets a secret in.
-                    "httpUrl": f"http://bench:{SECRET}@triton.inference.svc:8000",
-                    "metricsUrl": f"http://bench:{SECRET}@triton.inference.svc:8002/metrics",
-                },
-            },
-        ],
-        "nodePools": [
-            {"name": "cpu", "gpus": 0, "nodeSelector": {"bakeoff.dev/pool": "cpu-mock"},
-             "costPerHour": 0.1},
-        ],
-        "scenarios": {"single": {"requests": 20, "warmup": 2},
-                      "batchSweep": {"batchSizes": [1, 4], "requests": 4, "warmup": 1}},
-        "parity": {"reference": "pytorch"},
-        "cleanup": {"policy": "Never"},  # keep the Jobs, to show the secret is in one
-    },
-}  # fmt: skip
+API_KEY = "CANARY-k3y-2b9e41"
+CREDENTIALS_SECRET = "gateway-credentials"
+CA_SECRET = "gateway-ca"
+
+
+def ref(name: str, key: str) -> dict[str, Any]:
+    return {"secretRef": {"name": name, "key": key}}
+
+
+def suite_document(gateway_url: str) -> dict[str, Any]:
+    """Two backends Bakeoff deploys and a gateway behind TLS that wants a bearer token and an
+    API key, both from a Secret."""
+    return {
+        "apiVersion": "bakeoff.dev/v1alpha1",
+        "kind": "BenchmarkSuite",
+        "metadata": {"name": "secretive"},
+        "spec": {
+            "model": {"name": MODEL, "source": {"builtin": "vit-b32-clip"}},
+            "backends": [
+                {"name": "pytorch", "kind": "pytorch", "maxBatchSize": 8},
+                {"name": "onnx", "kind": "triton-onnx", "executionProvider": "cpu",
+                 "maxBatchSize": 8},
+                {"name": "prod-triton", "kind": "external", "maxBatchSize": 8,
+                 "endpoint": {"httpUrl": gateway_url, "metricsUrl": f"{gateway_url}/metrics",
+                              "auth": {"bearerToken": ref(CREDENTIALS_SECRET, "token"),
+                                       "headers": [{"name": "X-Api-Key",
+                                                    "value": ref(CREDENTIALS_SECRET, "api-key")}],
+                                       "tls": {"ca": ref(CA_SECRET, "ca.crt")}}}},
+            ],
+            "nodePools": [
+                {"name": "cpu", "gpus": 0, "nodeSelector": {"bakeoff.dev/pool": "cpu-mock"},
+                 "costPerHour": 0.1},
+            ],
+            "scenarios": {"single": {"requests": 20, "warmup": 2},
+                          "batchSweep": {"batchSizes": [1, 4], "requests": 4, "warmup": 1}},
+            "parity": {"reference": "pytorch"},
+            "cleanup": {"policy": "Never"},  # keep the Jobs, to look for the secret in them
+        },
+    }  # fmt: skip
 
 
 # ----- every pod template under enforce=restricted --------------------------------------------
@@ -72,14 +88,15 @@ SUITE: dict[str, Any] = {
 
 def pod_templates(settings: OperatorSettings) -> dict[str, dict[str, Any]]:
     """Every pod template the operator builds for the suite, by '<kind> <name>'."""
+    document = suite_document("https://gateway.example:8443")
     study = validation.parse_suite(
         {
-            **SUITE,
+            **document,
             "metadata": {"name": "restricted", "namespace": "x"},
             "spec": {
-                **SUITE["spec"],
+                **document["spec"],
                 "nodePools": [
-                    *SUITE["spec"]["nodePools"],
+                    *document["spec"]["nodePools"],
                     {"name": "a100", "gpus": 2, "costPerHour": 0.85,
                      "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
                      "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
@@ -175,22 +192,45 @@ def captured_log() -> Iterator[Capture]:
     root.removeHandler(capture)
 
 
-def test_operator_never_logs_a_secret_from_the_spec_over_a_whole_suite(
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def gateway(pki: Pki) -> Iterator[FakeOipServer]:
+    """An OIP server on this machine behind TLS that answers 401 without the credentials."""
+    headers = {"Authorization": f"Bearer {SECRET}", "X-Api-Key": API_KEY}
+    with tls_gateway(headers, pki.server_context()) as served:
+        yield served
+
+
+def create_secret(namespace: str, name: str, data: dict[str, str]) -> None:
+    literals = [f"--from-literal={key}={value}" for key, value in data.items()]
+    kubectl("create", "secret", "generic", name, "-n", namespace, *literals)
+
+
+def test_credentials_from_a_secret_reach_the_load_generator_and_nothing_else(
     namespace: str,
     kubeconfig: Path,
     custom: k8s.CustomObjectsApi,
     recorder: NamespaceRecorder,
     real_results: dict[str, CellResult],
     captured_log: Capture,
+    gateway: FakeOipServer,
+    pki: Pki,
 ) -> None:
-    # The external backend's Job publishes a real result too (the PyTorch server's).
-    driver = JobDriver(recorder, custom, ClusterAccess.from_kubeconfig(kubeconfig),
-                       {**real_results, "external": real_results["pytorch"]})  # fmt: skip
+    create_secret(namespace, CREDENTIALS_SECRET, {"token": SECRET, "api-key": API_KEY})
+    create_secret(namespace, CA_SECRET, {"ca.crt": pki.ca_cert.read_text()})
+    # The gateway's Job runs the real load generator with the Job's config and Secret volumes.
+    driver = JobDriver(recorder, custom, ClusterAccess.from_kubeconfig(kubeconfig), real_results)
+    driver.run_for_real.add("prod-triton")
     driver.start()
     operator = Operator(namespace)  # kopf --verbose: DEBUG, where kopf dumps whole objects
     operator.start()
     try:
-        kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(SUITE))
+        suite = suite_document(gateway.url)
+        kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(suite))
         status = wait_for_suite_phase(custom, namespace, "secretive", FINISHED, 150)
     finally:
         operator.stop()
@@ -199,16 +239,71 @@ def test_operator_never_logs_a_secret_from_the_spec_over_a_whole_suite(
     assert len(driver.published) == 3, driver.describe()
     assert driver.errors == []
 
-    # The secret did reach the cluster: the external backend's Job needs it to connect.
-    jobs = recorder.jobs.latest.values()
-    assert any(SECRET in json.dumps(job["spec"]["template"]) for job in jobs)
+    # The load generator did use the credentials: every request to the gateway carried them.
+    assert gateway.unauthorized == 0 and gateway.success >= 2 + 20 + 5 * 2, gateway
+    published = next(p for p in driver.published.values() if p.cell[0] == "prod-triton")
+    assert "credentials from files (Secrets): headers Authorization, X-Api-Key; a custom CA" in (
+        published.data
+    )
+    # The operator only named the Secrets: the gateway's Job mounts them as files.
+    job = next(j for j in recorder.jobs.latest.values()
+               if j["metadata"]["labels"][naming.LABEL_BACKEND] == "prod-triton")  # fmt: skip
+    volumes = job["spec"]["template"]["spec"]["volumes"]
+    assert sorted(v["secret"]["secretName"] for v in volumes if "secret" in v) == [
+        CA_SECRET, CREDENTIALS_SECRET
+    ]  # fmt: skip
 
+    assert_backends_accept_only_their_own_bench_pods(namespace)
+
+    # Nowhere else: no spec (suite, Jobs, Deployments), status, Event, ConfigMap or log line.
+    for value in (SECRET, API_KEY):
+        for kind in ("benchmarksuites", "jobs", "deployments", "pods", "configmaps", "events"):
+            listed = kubectl("get", kind, "-n", namespace, "-o", "json").stdout
+            assert json.loads(listed)["items"] or kind == "pods", f"no {kind} at all"
+            assert value not in listed, kind
+        assert value not in json.dumps(status)
+        log = captured_log.lines + operator.log.lines
+        assert [line for line in log if value in line] == []
+    # kopf did try to print the whole suite (the filter replaced it): the log check is not vacuous.
     log = captured_log.lines + operator.log.lines
-    # kopf did try to print the whole suite (the filter replaced it): the test is not vacuous.
     assert any("is in progress: <" in line and "characters not logged>" in line for line in log)
-    leaked = [line for line in log if SECRET in line]
-    assert leaked == [], "\n".join(leaked[:5])
-    events = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
-    assert json.loads(events)["items"], "the operator posted no Events at all"
-    assert SECRET not in events
-    assert SECRET not in json.dumps(status)
+
+
+def _selected(namespace: str, match_labels: dict[str, str]) -> list[dict[str, Any]]:
+    selector = ",".join(f"{key}={value}" for key, value in sorted(match_labels.items()))
+    listed = kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout
+    pods: list[dict[str, Any]] = json.loads(listed)["items"]
+    return pods
+
+
+def assert_backends_accept_only_their_own_bench_pods(namespace: str) -> None:
+    """Each backend the operator deployed has a NetworkPolicy (accepted by the API server)
+    whose pods are exactly that backend's, and whose peers are exactly its cell's bench pods."""
+    listed = kubectl("get", "networkpolicies", "-n", namespace, "-o", "json").stdout
+    policies = {p["metadata"]["name"]: p for p in json.loads(listed)["items"]}
+    deployments = json.loads(kubectl("get", "deployments", "-n", namespace, "-o", "json").stdout)
+    assert sorted(policies) == sorted(d["metadata"]["name"] for d in deployments["items"])
+    assert len(policies) == 2  # pytorch and onnx; the external gateway is not Bakeoff's to guard
+    for name, policy in policies.items():
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        guarded = _selected(namespace, spec["podSelector"]["matchLabels"])
+        assert guarded, f"{name} selects no pod"
+        backend = {p["metadata"]["labels"][naming.LABEL_BACKEND] for p in guarded}
+        components = {p["metadata"]["labels"][naming.LABEL_COMPONENT] for p in guarded}
+        assert len(backend) == 1 and components == {naming.COMPONENT_BACKEND}, name
+        peers = _selected(namespace, spec["ingress"][0]["from"][0]["podSelector"]["matchLabels"])
+        assert peers, f"{name} admits no bench pod"
+        assert {p["metadata"]["labels"][naming.LABEL_BACKEND] for p in peers} == backend
+        assert {p["metadata"]["labels"][naming.LABEL_COMPONENT] for p in peers} == {
+            naming.COMPONENT_BENCH
+        }
+        assert spec["ingress"][1]["from"] == OperatorSettings().metrics_scrapers
+
+
+def test_a_url_with_credentials_is_refused_with_where_they_belong(namespace: str) -> None:
+    suite = suite_document(f"https://bench:{SECRET}@gateway.example:8443")
+    done = kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(suite), check=False)
+    assert done.returncode != 0
+    assert "endpoint.httpUrl must not carry credentials" in done.stderr
+    assert "put them in a Secret and name it in endpoint.auth" in done.stderr

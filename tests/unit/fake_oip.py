@@ -16,7 +16,9 @@ ways docs/architecture.md §2 says a bake-off goes wrong, one at a time:
 - `count_late_s`: the metrics count a request this long after it was answered (Triton
   updates its counters after sending the response);
 - `precise`: sleep the compute time in a thread (asyncio's timers round up to milliseconds,
-  too coarse for latencies a few percent apart).
+  too coarse for latencies a few percent apart);
+- `required_headers`: every request without these exact headers answers 401 (an inference
+  gateway's credentials); `serving(..., ssl_context=...)` serves https.
 
 Metrics: per successful request the counters grow by `US_PER_REQUEST` plus the queue and
 compute delays above (configured values, so tests can assert exact server times).
@@ -30,9 +32,10 @@ import argparse
 import asyncio
 import hashlib
 import json
+import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +67,7 @@ class FakeOipServer:
     record_bodies: bool = True
     count_late_s: float = 0.0  # metrics count a request this long after answering it
     precise: bool = False  # sleep the compute time in a thread: exact, not whole milliseconds
+    required_headers: dict[str, str] = field(default_factory=dict)
     # What happened: read by the tests.
     infer_calls: int = 0
     success: int = 0
@@ -72,11 +76,25 @@ class FakeOipServer:
     bodies: dict[int, set[str]] = field(default_factory=dict)  # batch -> body digests
     batch_calls: dict[int, int] = field(default_factory=dict)  # batch -> infer calls
     extra_us: dict[str, float] = field(default_factory=dict)  # counter -> added by knobs
+    authorized: int = 0  # requests that carried `required_headers` (any route)
+    unauthorized: int = 0  # requests refused with 401 for want of them
     url: str = ""
     _slots: asyncio.Semaphore | None = None
 
+    @web.middleware
+    async def _check_headers(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if any(request.headers.get(k) != v for k, v in self.required_headers.items()):
+            self.unauthorized += 1
+            await request.read()
+            return web.json_response({"error": "unauthorized"}, status=401)
+        if self.required_headers:
+            self.authorized += 1
+        return await handler(request)
+
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._check_headers])
         app.router.add_get("/v2", self.server_metadata)
         app.router.add_get("/v2/health/ready", self.health_ready)
         app.router.add_get(f"/v2/models/{MODEL}", self.model_metadata)
@@ -240,14 +258,17 @@ class FakeOipServer:
 
 
 @asynccontextmanager
-async def serving(fake: FakeOipServer, port: int = 0) -> AsyncIterator[FakeOipServer]:
-    """Serve `fake` on 127.0.0.1 in the running loop; `fake.url` is set inside."""
+async def serving(
+    fake: FakeOipServer, port: int = 0, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[FakeOipServer]:
+    """Serve `fake` on 127.0.0.1 in the running loop (https with `ssl_context`); `fake.url`
+    is set inside (https://localhost:PORT with TLS, the name its certificate carries)."""
     app_runner = web.AppRunner(fake.app(), access_log=None)
     await app_runner.setup()
-    site = web.TCPSite(app_runner, "127.0.0.1", port)
+    site = web.TCPSite(app_runner, "127.0.0.1", port, ssl_context=ssl_context)
     await site.start()
     host, bound = app_runner.addresses[0][:2]
-    fake.url = f"http://{host}:{bound}"
+    fake.url = f"https://localhost:{bound}" if ssl_context else f"http://{host}:{bound}"
     try:
         yield fake
     finally:
@@ -255,7 +276,9 @@ async def serving(fake: FakeOipServer, port: int = 0) -> AsyncIterator[FakeOipSe
 
 
 @contextmanager
-def serving_in_thread(fake: FakeOipServer) -> Iterator[FakeOipServer]:
+def serving_in_thread(
+    fake: FakeOipServer, ssl_context: ssl.SSLContext | None = None
+) -> Iterator[FakeOipServer]:
     """Serve `fake` from its own thread and event loop, apart from the client's loop.
 
     The client's event-loop CPU (`thread_time`) then excludes the server's work.
@@ -267,7 +290,7 @@ def serving_in_thread(fake: FakeOipServer) -> Iterator[FakeOipServer]:
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
         stop.append(lambda: loop.call_soon_threadsafe(done.set))
-        async with serving(fake):
+        async with serving(fake, ssl_context=ssl_context):
             started.set()
             await done.wait()
 
@@ -280,6 +303,16 @@ def serving_in_thread(fake: FakeOipServer) -> Iterator[FakeOipServer]:
     finally:
         stop[0]()
         thread.join(timeout=10)
+
+
+@contextmanager
+def tls_gateway(
+    required_headers: dict[str, str], ssl_context: ssl.SSLContext
+) -> Iterator[FakeOipServer]:
+    """An inference gateway: https, and 401 to any request without `required_headers`."""
+    fake = FakeOipServer(required_headers=required_headers, record_bodies=False)
+    with serving_in_thread(fake, ssl_context=ssl_context) as served:
+        yield served
 
 
 def _main() -> None:

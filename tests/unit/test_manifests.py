@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bakeoff import manifests, naming, plan, validation
 from bakeoff.settings import OperatorSettings
 
@@ -199,3 +201,94 @@ def test_cpu_mock_onnxruntime_runs_on_the_cpu_provider() -> None:
     assert args[args.index("--device") + 1] == "cpu"
     assert "--execution-provider=cpu" in args
     assert not [a for a in args if a.startswith(("--gpus", "--cuda-graphs"))]
+
+
+def _ref(name: str, key: str) -> dict[str, Any]:
+    return {"secretRef": {"name": name, "key": key}}
+
+
+def _gateway_study() -> Any:
+    document = STUDY.model_dump(mode="json", by_alias=True, exclude_none=True)
+    document["spec"]["backends"][1] = {
+        "name": "gateway", "kind": "external",
+        "endpoint": {"httpUrl": "https://gw.example:8443", "auth": {
+            "bearerToken": _ref("gw-token", "token"),
+            "headers": [{"name": "X-Api-Key", "value": _ref("gw-token", "api-key")}],
+            "tls": {"ca": _ref("gw-ca", "ca.crt"), "clientCertificate": _ref("gw-tls", "tls.crt"),
+                    "clientKey": _ref("gw-tls", "tls.key")}}},
+    }  # fmt: skip
+    return validation.parse_suite(document)
+
+
+def test_only_the_bench_job_mounts_an_endpoints_secrets_as_files() -> None:
+    study = _gateway_study()
+    cell = next(c for c in plan.plan_cells(study.spec) if c.backend.name == "gateway")
+    job = manifests.build_bench_job(study, UID, cell, GPU)
+    spec = pod_spec(job)
+    secrets = {v["secret"]["secretName"]: v for v in spec["volumes"] if "secret" in v}
+    assert {name: [i["key"] for i in v["secret"]["items"]] for name, v in secrets.items()} == {
+        "gw-ca": ["ca.crt"], "gw-tls": ["tls.crt", "tls.key"], "gw-token": ["api-key", "token"]
+    }  # fmt: skip
+    assert all(v["secret"]["defaultMode"] == 0o440 for v in secrets.values())
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    for name, volume in secrets.items():
+        mount = mounts[volume["name"]]
+        assert mount == {"name": volume["name"], "readOnly": True,
+                         "mountPath": f"/var/run/bakeoff/secrets/{name}"}  # fmt: skip
+    # The config names the mounted files; no value and no secretKeyRef in the environment.
+    env = spec["containers"][0]["env"]
+    assert not any("secretKeyRef" in json.dumps(e) for e in env)
+    config = json.loads(next(e["value"] for e in env if e["name"] == "BAKEOFF_BENCH_CONFIG"))
+    assert config["target"]["auth"] == {
+        "bearerTokenFile": "/var/run/bakeoff/secrets/gw-token/token",
+        "headerFiles": {"X-Api-Key": "/var/run/bakeoff/secrets/gw-token/api-key"},
+        "caFile": "/var/run/bakeoff/secrets/gw-ca/ca.crt",
+        "clientCertificateFile": "/var/run/bakeoff/secrets/gw-tls/tls.crt",
+        "clientKeyFile": "/var/run/bakeoff/secrets/gw-tls/tls.key",
+        "basicUsernameFile": None,
+        "basicPasswordFile": None,
+    }
+    # Backends Bakeoff deploys mount no Secret.
+    for other in plan.plan_cells(study.spec):
+        if other.backend.name != "gateway":
+            deployment = manifests.build_backend_deployment(study, UID, other, GPU)
+            assert "secret" not in json.dumps(pod_spec(deployment)["volumes"])
+            bench = manifests.build_bench_job(study, UID, other, GPU)
+            assert not any("secret" in v for v in pod_spec(bench)["volumes"])
+
+
+def test_a_backend_accepts_traffic_from_its_own_bench_job_and_the_scrapers_only() -> None:
+    cell = cells()["triton-onnx-cuda-a100"]
+    policy = manifests.build_backend_network_policy(STUDY, UID, cell, GPU)
+    assert policy is not None and policy["kind"] == "NetworkPolicy"
+    deployment = manifests.build_backend_deployment(STUDY, UID, cell, GPU)
+    job = manifests.build_bench_job(STUDY, UID, cell, GPU)
+    spec = policy["spec"]
+    # It selects exactly this backend's pods, and the bench pods of this cell are its peers.
+    assert spec["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert spec["policyTypes"] == ["Ingress"]
+    bench_rule, scrape_rule = spec["ingress"]
+    peer = bench_rule["from"][0]["podSelector"]["matchLabels"]
+    assert peer.items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    other = manifests.build_bench_job(STUDY, UID, cells()["pytorch-a100"], GPU)
+    assert not peer.items() <= other["spec"]["template"]["metadata"]["labels"].items()
+    assert [p["port"] for p in bench_rule["ports"]] == [8000, 8001, 8002]
+    # Triton serves metrics on their own port: scrapers reach that port only.
+    assert scrape_rule["from"] == GPU.metrics_scrapers
+    assert [p["port"] for p in scrape_rule["ports"]] == [8002]
+    # Nothing deployed, nothing to guard: an external backend gets no policy.
+    no_scrapers = OperatorSettings(metrics_scrapers=[])
+    policy = manifests.build_backend_network_policy(STUDY, UID, cell, no_scrapers)
+    assert policy is not None and len(policy["spec"]["ingress"]) == 1
+    gateway = _gateway_study()
+    external = next(c for c in plan.plan_cells(gateway.spec) if c.backend.name == "gateway")
+    assert manifests.build_backend_network_policy(gateway, UID, external, GPU) is None
+
+
+def test_image_references_may_be_pinned_by_digest_and_typos_are_named() -> None:
+    digest = "sha256:" + "ab" * 32
+    pinned = OperatorSettings(bench_image=f"registry.local:5000/bakeoff/bench-job@{digest}")
+    assert pinned.bench_image.endswith(digest)
+    assert OperatorSettings(bench_image=f"ghcr.io/x/bench-job:0.1.0@{digest}")
+    with pytest.raises(ValueError, match="not an image reference"):
+        OperatorSettings(bench_image="ghcr.io/x/bench-job@sha256:short")

@@ -97,8 +97,10 @@ def test_new_suite_deploys_the_first_backend_of_each_pool_only() -> None:
     assert kinds(plan) == [
         ("Deployment", "clip-vitb32-pytorch-rtx4080"),
         ("Service", "clip-vitb32-pytorch-rtx4080"),
+        ("NetworkPolicy", "clip-vitb32-pytorch-rtx4080"),
         ("Deployment", "clip-vitb32-pytorch-a100"),
         ("Service", "clip-vitb32-pytorch-a100"),
+        ("NetworkPolicy", "clip-vitb32-pytorch-a100"),
     ]
     assert cell_phase(plan, "triton-onnx-cuda", "a100") is api.CellPhase.PENDING
     assert plan.status.phase is api.SuitePhase.DEPLOYING
@@ -149,6 +151,7 @@ def test_result_finishes_the_cell_cleans_it_up_and_frees_the_pool() -> None:
     assert set(plan.deletes) == {
         ("Deployment", "clip-vitb32-pytorch-a100"),
         ("Service", "clip-vitb32-pytorch-a100"),
+        ("NetworkPolicy", "clip-vitb32-pytorch-a100"),
         ("Job", "clip-vitb32-pytorch-a100-bench"),
     }
     # the next backend of that pool starts in the same step

@@ -9,7 +9,7 @@ never looks at `backend.kind`: it asks the kind's plug-in (`bakeoff.backends.plu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Protocol
 
 from bakeoff import api, pods
@@ -61,8 +61,11 @@ class BackendPlugin(Protocol):
         runs on its CPU provider); None when unknown (a server Bakeoff did not start)."""
         ...
 
-    def remote_target(self, suite: api.BenchmarkSuite) -> bench_config.Target | None:
-        """Where a server that runs outside Bakeoff answers; None when Bakeoff starts it."""
+    def remote_target(
+        self, suite: api.BenchmarkSuite, secrets_root: PurePath
+    ) -> bench_config.Target | None:
+        """Where a server that runs outside Bakeoff answers; None when Bakeoff starts it.
+        Its credentials are files under `secrets_root` (`<secret>/<key>`)."""
         ...
 
     def pod(

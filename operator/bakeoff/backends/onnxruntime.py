@@ -10,7 +10,7 @@ Runtime's CPU provider, like `triton-onnx`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from bakeoff import api, pods
 from bakeoff.backends.base import (
@@ -64,7 +64,9 @@ class Onnxruntime:
         engine = f"onnxruntime-{self._execution_provider(gpu).value}"
         return Identity("bakeoff", engine, backend.precision.value, backend.input_format.value)
 
-    def remote_target(self, suite: api.BenchmarkSuite) -> bench_config.Target | None:
+    def remote_target(
+        self, suite: api.BenchmarkSuite, secrets_root: PurePath
+    ) -> bench_config.Target | None:
         return None
 
     def _execution_provider(self, gpu: bool) -> ExecutionProvider:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from bakeoff import api, pods
 from bakeoff.backends.base import (
@@ -118,7 +118,9 @@ class Pytorch:
         wire = backend.input_format.value
         return Identity("bakeoff", "pytorch", backend.precision.value, wire)
 
-    def remote_target(self, suite: api.BenchmarkSuite) -> bench_config.Target | None:
+    def remote_target(
+        self, suite: api.BenchmarkSuite, secrets_root: PurePath
+    ) -> bench_config.Target | None:
         return None
 
     def pod(

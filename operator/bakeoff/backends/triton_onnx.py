@@ -8,7 +8,7 @@ the repository in an init container); on CPU (the CPU mock, and `bakeoff run --l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from bakeoff import api, pods
 from bakeoff.backends.base import (
@@ -84,7 +84,9 @@ class TritonOnnx:
         engine = f"onnxruntime-{self._execution_provider(gpu).value}"
         return Identity("triton", engine, backend.precision.value, "fp32")
 
-    def remote_target(self, suite: api.BenchmarkSuite) -> bench_config.Target | None:
+    def remote_target(
+        self, suite: api.BenchmarkSuite, secrets_root: PurePath
+    ) -> bench_config.Target | None:
         return None
 
     def _execution_provider(self, gpu: bool) -> ExecutionProvider:
