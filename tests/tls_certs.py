@@ -45,14 +45,16 @@ def _signed(folder: Path, name: str, subject: str, extensions: str) -> None:
              "-out", f"{name}.crt", cwd=folder)  # fmt: skip
 
 
-def make_pki(folder: Path) -> Pki:
-    """A CA and the certificates it signs, in `folder` (PEM files)."""
+def make_pki(folder: Path, addresses: tuple[str, ...] = ()) -> Pki:
+    """A CA and the certificates it signs, in `folder` (PEM files); the server certificate
+    is for localhost, 127.0.0.1 and `addresses` (IPs)."""
+    names = ",".join(["DNS:localhost", "IP:127.0.0.1", *(f"IP:{a}" for a in addresses)])
     folder.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
              "-subj", "/CN=bakeoff test CA", "-days", "2", "-out", "ca.crt",
              cwd=folder)  # fmt: skip
     _signed(folder, "server", "/CN=localhost",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")  # fmt: skip
+            f"subjectAltName={names}\nextendedKeyUsage=serverAuth\n")  # fmt: skip
     _signed(folder, "client", "/CN=bakeoff-bench", "extendedKeyUsage=clientAuth\n")
     return Pki(
         ca_cert=folder / "ca.crt",

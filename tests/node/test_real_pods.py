@@ -42,6 +42,12 @@ from prometheus import Prometheus, discovered_targets, scrape_config
 
 from bakeoff import naming
 
+sys.path.insert(0, str(REPO / "tests" / "unit"))
+sys.path.insert(0, str(REPO / "tests"))
+from fake_oip import MODEL as GATEWAY_MODEL
+from fake_oip import tls_gateway
+from tls_certs import make_pki
+
 pytestmark = pytest.mark.node
 
 RELEASE = "bakeoff"
@@ -527,6 +533,92 @@ def test_three_client_pods_start_together_merge_exactly_and_a_killed_one_voids_t
           f"{scenario['requestsPerS']:.0f} req/s; per client "
           + ", ".join(f"{c['p50Ms']:.2f} ms / {c['requestsPerS']:.0f} req/s"
                       for c in scenario["clients"]))  # fmt: skip
+
+
+GATEWAY_TOKEN = "CANARY-node-b3arer-6d0a"
+GATEWAY_KEY = "CANARY-node-k3y-e41f"
+# The node's bridge (hack/node.sh, isGateway): the host, as its pods reach it.
+HOST_FROM_PODS = "10.244.0.1"
+
+
+def ref(name: str, key: str) -> dict[str, Any]:
+    return {"secretRef": {"name": name, "key": key}}
+
+
+def gateway_suite(url: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "bakeoff.dev/v1alpha1",
+        "kind": "BenchmarkSuite",
+        "metadata": {"name": "gateway"},
+        "spec": {
+            "model": {"name": GATEWAY_MODEL, "source": {"builtin": "vit-tiny-clip"}},
+            "backends": [{
+                "name": "gateway", "kind": "external", "maxBatchSize": 8,
+                "endpoint": {"httpUrl": url, "metricsUrl": f"{url}/metrics", "auth": {
+                    "bearerToken": ref("gateway", "token"),
+                    "headers": [{"name": "X-Api-Key", "value": ref("gateway", "api-key")}],
+                    "tls": {"ca": ref("gateway-ca", "ca.crt")}}},
+            }],
+            "nodePools": [{"name": "cpu-mock", "gpus": 0, "costPerHour": 0.1,
+                           "nodeSelector": {"bakeoff.dev/pool": "cpu-mock"}}],
+            "scenarios": {"single": {"requests": 40, "warmup": 4}, "batchSweep": None},
+            "cleanup": {"policy": "Never"},
+        },
+    }  # fmt: skip
+
+
+def test_a_gateway_behind_tls_and_a_token_is_measured_by_a_bench_pod_reading_its_secrets(
+    request: pytest.FixtureRequest,
+    release: str,
+    api_client: k8s.ApiClient,
+    custom: k8s.CustomObjectsApi,
+    tmp_path: Path,
+) -> None:
+    add_diagnostic(request, lambda: dump(TEAM_B))
+    pki = make_pki(tmp_path / "pki", addresses=(HOST_FROM_PODS,))
+    headers = {"Authorization": f"Bearer {GATEWAY_TOKEN}", "X-Api-Key": GATEWAY_KEY}
+    with tls_gateway(headers, pki.server_context(), host=HOST_FROM_PODS) as gateway:
+        kubectl(
+            "create",
+            "secret",
+            "generic",
+            "gateway",
+            "-n",
+            TEAM_B,
+            f"--from-literal=token={GATEWAY_TOKEN}",
+            f"--from-literal=api-key={GATEWAY_KEY}",
+        )
+        kubectl("create", "secret", "generic", "gateway-ca", "-n", TEAM_B,
+                f"--from-file=ca.crt={pki.ca_cert}")  # fmt: skip
+        suite = tmp_path / "gateway.yaml"
+        suite.write_text(yaml.safe_dump(gateway_suite(gateway.url)))
+        recorder = NamespaceRecorder(api_client, TEAM_B)
+        recorder.start()
+        try:
+            name = apply_suite(TEAM_B, suite)
+            status = wait_for_suite_phase(custom, TEAM_B, name, FINISHED, SUITE_TIMEOUT_S)
+        finally:
+            recorder.stop()
+    assert status["phase"] == "Succeeded", status
+    # The real kubelet mounted the Secrets (0440, group fsGroup) and the bench pod, a non-root
+    # user, read them: every request it sent carried the credentials, over the CA's TLS.
+    assert gateway.unauthorized == 0 and gateway.success >= 44, gateway
+    job = naming.job_name(name, "gateway", "cpu-mock")
+    logs = kubectl("logs", f"job/{job}", "-n", TEAM_B).stdout
+    result = configmap_data_in(TEAM_B, naming.result_name(name, "gateway", "cpu-mock"))
+    assert "headers Authorization, X-Api-Key; a custom CA" in result
+    for value in (GATEWAY_TOKEN, GATEWAY_KEY):
+        assert value not in logs and value not in result
+        for kind in ("benchmarksuites", "jobs", "pods", "configmaps", "events"):
+            assert value not in kubectl("get", kind, "-n", TEAM_B, "-o", "json").stdout, kind
+    print(
+        f"\ngateway over TLS with a bearer token: {gateway.success} answers, "
+        f"{gateway.unauthorized} refused"
+    )
+
+
+def configmap_data_in(namespace: str, name: str) -> str:
+    return kubectl("get", "configmap", name, "-n", namespace, "-o", "json").stdout
 
 
 def test_uninstall_and_suite_deletion_leave_nothing_behind(

@@ -259,16 +259,21 @@ class FakeOipServer:
 
 @asynccontextmanager
 async def serving(
-    fake: FakeOipServer, port: int = 0, ssl_context: ssl.SSLContext | None = None
+    fake: FakeOipServer,
+    port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
+    host: str = "127.0.0.1",
 ) -> AsyncIterator[FakeOipServer]:
-    """Serve `fake` on 127.0.0.1 in the running loop (https with `ssl_context`); `fake.url`
-    is set inside (https://localhost:PORT with TLS, the name its certificate carries)."""
+    """Serve `fake` on `host` in the running loop (https with `ssl_context`); `fake.url` is
+    set inside (https://localhost:PORT on loopback with TLS, the name its certificate has)."""
     app_runner = web.AppRunner(fake.app(), access_log=None)
     await app_runner.setup()
-    site = web.TCPSite(app_runner, "127.0.0.1", port, ssl_context=ssl_context)
+    site = web.TCPSite(app_runner, host, port, ssl_context=ssl_context)
     await site.start()
-    host, bound = app_runner.addresses[0][:2]
-    fake.url = f"https://localhost:{bound}" if ssl_context else f"http://{host}:{bound}"
+    address, bound = app_runner.addresses[0][:2]
+    if ssl_context is not None and address == "127.0.0.1":
+        address = "localhost"
+    fake.url = f"{'https' if ssl_context else 'http'}://{address}:{bound}"
     try:
         yield fake
     finally:
@@ -277,7 +282,7 @@ async def serving(
 
 @contextmanager
 def serving_in_thread(
-    fake: FakeOipServer, ssl_context: ssl.SSLContext | None = None
+    fake: FakeOipServer, ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1"
 ) -> Iterator[FakeOipServer]:
     """Serve `fake` from its own thread and event loop, apart from the client's loop.
 
@@ -290,7 +295,7 @@ def serving_in_thread(
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
         stop.append(lambda: loop.call_soon_threadsafe(done.set))
-        async with serving(fake, ssl_context=ssl_context):
+        async with serving(fake, ssl_context=ssl_context, host=host):
             started.set()
             await done.wait()
 
@@ -307,11 +312,11 @@ def serving_in_thread(
 
 @contextmanager
 def tls_gateway(
-    required_headers: dict[str, str], ssl_context: ssl.SSLContext
+    required_headers: dict[str, str], ssl_context: ssl.SSLContext, host: str = "127.0.0.1"
 ) -> Iterator[FakeOipServer]:
     """An inference gateway: https, and 401 to any request without `required_headers`."""
     fake = FakeOipServer(required_headers=required_headers, record_bodies=False)
-    with serving_in_thread(fake, ssl_context=ssl_context) as served:
+    with serving_in_thread(fake, ssl_context=ssl_context, host=host) as served:
         yield served
 
 
