@@ -192,9 +192,10 @@ cmd_list() {
   for name in "${IMAGES[@]}"; do
     ref=bakeoff/$name:$TAG
     docker image inspect "$ref" >/dev/null 2>&1 || { printf '%-26s %s\n' "$ref" "(not built)"; continue; }
-    docker image inspect -f '{{.Id}} {{.Size}} {{join .RepoDigests ","}}' "$ref" |
+    docker image inspect -f '{{.Id}} {{.Size}} {{range .RepoDigests}}{{.}},{{end}}' "$ref" |
       while read -r id size pushed; do
         printf '%-26s %-71s %7d MB\n' "$ref" "$id" $((size / 1000000))
+        pushed=${pushed%,}
         [ -z "$pushed" ] || printf '  pushed: %s\n' "${pushed//,/ }"
       done
   done
