@@ -12,6 +12,10 @@ compared: a client goes on when it *sees* that all clients have arrived.
   it reached under its index in a ConfigMap the operator created (a merge patch of its own
   key, so pods never conflict), and reads the ConfigMap until every index shows that step. A
   pod that fails writes "failed: reason" instead, and the others stop at once with it.
+
+Each client also brings the number of successful answers it has seen so far, and `wait`
+returns their sum: client 0 then scrapes until the server has counted every client's answers,
+not only its own (a server counts a request after it has sent the answer).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import contextlib
 import ssl
 import threading
 import time
+from collections.abc import MutableSequence
 from typing import Any, Final, Protocol
 
 import aiohttp
@@ -41,7 +46,9 @@ class Barrier(Protocol):
     index: int
     clients: int
 
-    async def wait(self, step: str) -> None: ...
+    async def wait(self, step: str, answered: int = 0) -> int:
+        """Return once every client reached `step`: the sum of their `answered`."""
+        ...
 
     async def fail(self, reason: str) -> None: ...
 
@@ -50,25 +57,33 @@ class Solo:
     index = 0
     clients = 1
 
-    async def wait(self, step: str) -> None:
-        return None
+    async def wait(self, step: str, answered: int = 0) -> int:
+        return answered
 
     async def fail(self, reason: str) -> None:
         return None
 
 
 class ProcessBarrier:
-    """Local client processes; `shared` is a `multiprocessing` context's Barrier(clients)."""
+    """Local client processes; `shared` is a `multiprocessing` context's Barrier(clients),
+    `counts` its Array("q", clients) of each client's answers."""
 
     def __init__(
-        self, shared: threading.Barrier, index: int, clients: int, timeout_s: float
+        self,
+        shared: threading.Barrier,
+        counts: MutableSequence[int],
+        index: int,
+        clients: int,
+        timeout_s: float,
     ) -> None:
         self._shared = shared
+        self._counts = counts
         self.index = index
         self.clients = clients
         self._timeout_s = timeout_s
 
-    async def wait(self, step: str) -> None:
+    async def wait(self, step: str, answered: int = 0) -> int:
+        self._counts[self.index] = answered
         try:
             await asyncio.to_thread(self._shared.wait, self._timeout_s)
         except threading.BrokenBarrierError:
@@ -76,6 +91,7 @@ class ProcessBarrier:
                 f"client {self.index}: another client process failed or did not reach "
                 f"'{step}' within {self._timeout_s:g} s"
             ) from None
+        return sum(self._counts[i] for i in range(self.clients))
 
     async def fail(self, reason: str) -> None:
         self._shared.abort()
@@ -89,6 +105,15 @@ def arrived(data: dict[str, str], clients: int, step: int) -> tuple[bool, str | 
             return False, f"client pod {index} failed: {value.removeprefix(FAILED)}"
     reached = [int(data.get(str(i), "0 ").split(" ", 1)[0] or 0) for i in range(clients)]
     return all(r >= step for r in reached), None
+
+
+def answered_total(data: dict[str, str], clients: int) -> int:
+    """The answers every client reported with the step it reached ("<step> <name> #<n>")."""
+    total = 0
+    for index in range(clients):
+        _, _, count = data.get(str(index), "").rpartition(" #")
+        total += int(count) if count.isdigit() else 0
+    return total
 
 
 def missing(data: dict[str, str], clients: int, step: int) -> list[int]:
@@ -136,19 +161,19 @@ class ConfigMapBarrier:
     def _session(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(headers=self._headers, timeout=aiohttp.ClientTimeout(total=30))
 
-    async def wait(self, step: str) -> None:
+    async def wait(self, step: str, answered: int = 0) -> int:
         self._step += 1
         deadline = time.monotonic() + self._timeout_s
         async with self._session() as session:
             try:
-                await self._patch(session, f"{self._step} {step}")
+                await self._patch(session, f"{self._step} {step} #{answered}")
                 while True:
                     data = await self._data(session)
                     done, failure = arrived(data, self.clients, self._step)
                     if failure:
                         raise BarrierError(f"at '{step}': {failure}")
                     if done:
-                        return
+                        return answered_total(data, self.clients)
                     if time.monotonic() > deadline:
                         late = ", ".join(str(i) for i in missing(data, self.clients, self._step))
                         raise BarrierError(
@@ -187,5 +212,5 @@ class CoordinatedScraper(server_metrics.MetricsScraper):
         self, timeout_s: float = server_metrics.SETTLE_TIMEOUT_S
     ) -> server_metrics.MetricsSnapshot | None:
         self._edges += 1
-        await self.barrier.wait(f"window edge {self._edges}")
-        return await super().settled(timeout_s)
+        everyone = await self.barrier.wait(f"window edge {self._edges}", self.answered)
+        return await self.settled_at(everyone, timeout_s)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from multiprocessing.connection import Connection, wait
 from typing import Final
 
@@ -31,10 +31,16 @@ class ClientFailedError(oip.BenchError):
 
 
 def _client_main(
-    conn: Connection, config_json: str, shared: threading.Barrier, timeout_s: float
+    conn: Connection,
+    config_json: str,
+    shared: threading.Barrier,
+    counts: MutableSequence[int],
+    timeout_s: float,
 ) -> None:
     config = BenchConfig.model_validate_json(config_json)
-    coordination = barrier.ProcessBarrier(shared, config.client_index, config.clients, timeout_s)
+    coordination = barrier.ProcessBarrier(
+        shared, counts, config.client_index, config.clients, timeout_s
+    )
 
     def progress(message: str) -> None:
         if config.client_index == 0:  # one voice: the lead client's lines
@@ -57,6 +63,7 @@ def _run_once(
 ) -> list[CellResult]:
     context = multiprocessing.get_context("spawn")
     shared = context.Barrier(config.clients)
+    counts = context.Array("q", config.clients)
     pipes = [context.Pipe() for _ in range(config.clients)]
     processes = [
         context.Process(
@@ -65,6 +72,7 @@ def _run_once(
                 child,
                 config.model_copy(update={"client_index": index}).model_dump_json(),
                 shared,
+                counts,
                 timeout_s,
             ),
             daemon=True,

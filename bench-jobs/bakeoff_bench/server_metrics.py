@@ -175,12 +175,18 @@ class MetricsScraper:
         the client's own count (more is fine: the server also counts requests whose answer
         the client gave up on).
         """
+        return await self.settled_at(self.answered, timeout_s)
+
+    async def settled_at(
+        self, answered: int, timeout_s: float = SETTLE_TIMEOUT_S
+    ) -> MetricsSnapshot | None:
+        """`settled`, waiting for `answered` successes (several clients' together)."""
         after = await self.snapshot()
         deadline = time.monotonic() + timeout_s
         while (
             self.baseline is not None
             and after is not None
-            and settled_requests(self.baseline, after) < self.answered
+            and settled_requests(self.baseline, after) < answered
             and time.monotonic() < deadline
         ):
             await asyncio.sleep(SETTLE_POLL_S)

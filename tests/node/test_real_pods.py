@@ -561,7 +561,9 @@ def gateway_suite(url: str) -> dict[str, Any]:
             }],
             "nodePools": [{"name": "cpu-mock", "gpus": 0, "costPerHour": 0.1,
                            "nodeSelector": {"bakeoff.dev/pool": "cpu-mock"}}],
-            "scenarios": {"single": {"requests": 40, "warmup": 4}, "batchSweep": None},
+            # Explicit sizes: a `null` sweep would be dropped and default to batches up to 32.
+            "scenarios": {"single": {"requests": 40, "warmup": 4},
+                          "batchSweep": {"batchSizes": [1, 4], "requests": 8, "warmup": 1}},
             "cleanup": {"policy": "Never"},
         },
     }  # fmt: skip

@@ -202,6 +202,17 @@ def test_barrier_opens_when_every_client_reached_the_step() -> None:
     assert barrier.arrived({}, 2, 1) == (False, None)
 
 
+def test_the_barrier_sums_every_clients_answers_for_the_lead_scrape() -> None:
+    data = {
+        "0": "4 window edge 3 #1210",
+        "1": "4 window edge 3 #1200",
+        "2": "4 window edge 3 #1190",
+    }
+    assert barrier.arrived(data, 3, 4) == (True, None)
+    assert barrier.answered_total(data, 3) == 3600
+    assert barrier.answered_total({"0": "1 set up #0", "1": "1 set up"}, 2) == 0
+
+
 def test_a_failed_client_stops_the_others_with_its_reason() -> None:
     data = {"0": "2 set up", "1": "failed: ConnectionError: refused"}
     done, failure = barrier.arrived(data, 2, 2)
