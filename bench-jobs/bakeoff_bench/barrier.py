@@ -1,8 +1,9 @@
 """Start barriers for N clients: every client begins each measured window together.
 
-A barrier is passed at every point where a scenario scrapes the server's metrics: after its
-warm-up and after its measured window (`CoordinatedScraper`), so all clients start a window
-together, and client 0's scrapes bound every client's measured requests. No clock is
+Barriers surround every point where a scenario scrapes the server's metrics, after its
+warm-up and after its measured window (`CoordinatedScraper`): all clients stop, client 0
+scrapes, all clients start the next window together. Client 0's scrapes thus bound every
+client's measured requests. No clock is
 compared: a client goes on when it *sees* that all clients have arrived.
 
 - `Solo`: one client; passing is free.
@@ -192,8 +193,8 @@ class ConfigMapBarrier:
 
 
 class CoordinatedScraper(server_metrics.MetricsScraper):
-    """The scraper of one of several clients: every settled scrape is a barrier first (the
-    edges of warm-up and measured windows), and only client 0 scrapes the server."""
+    """The scraper of one of several clients: every settled scrape sits between two barriers
+    (at the edges of warm-up and measured windows); only client 0 scrapes the server."""
 
     def __init__(
         self,
@@ -213,4 +214,8 @@ class CoordinatedScraper(server_metrics.MetricsScraper):
     ) -> server_metrics.MetricsSnapshot | None:
         self._edges += 1
         everyone = await self.barrier.wait(f"window edge {self._edges}", self.answered)
-        return await self.settled_at(everyone, timeout_s)
+        snapshot = await self.settled_at(everyone, timeout_s)
+        # Nobody sends the next window's requests before client 0's scrape is taken: a
+        # request counted in this edge's scrape must not also be one of the next window's.
+        await self.barrier.wait(f"window edge {self._edges} scraped", self.answered)
+        return snapshot
