@@ -36,6 +36,7 @@ from bakeoff_bench.results import CellResult
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from fake_oip import MODEL, FakeOipServer, tls_gateway
+from gateway_suite import gateway_backend
 from tls_certs import Pki, make_pki
 
 pytestmark = pytest.mark.cluster
@@ -45,10 +46,6 @@ SECRET = "CANARY-s3cr3t-7f1d0c"  # recognisable: nothing else ever prints it
 API_KEY = "CANARY-k3y-2b9e41"
 CREDENTIALS_SECRET = "gateway-credentials"
 CA_SECRET = "gateway-ca"
-
-
-def ref(name: str, key: str) -> dict[str, Any]:
-    return {"secretRef": {"name": name, "key": key}}
 
 
 def suite_document(gateway_url: str) -> dict[str, Any]:
@@ -64,12 +61,7 @@ def suite_document(gateway_url: str) -> dict[str, Any]:
                 {"name": "pytorch", "kind": "pytorch", "maxBatchSize": 8},
                 {"name": "onnx", "kind": "triton-onnx", "executionProvider": "cpu",
                  "maxBatchSize": 8},
-                {"name": "prod-triton", "kind": "external", "maxBatchSize": 8,
-                 "endpoint": {"httpUrl": gateway_url, "metricsUrl": f"{gateway_url}/metrics",
-                              "auth": {"bearerToken": ref(CREDENTIALS_SECRET, "token"),
-                                       "headers": [{"name": "X-Api-Key",
-                                                    "value": ref(CREDENTIALS_SECRET, "api-key")}],
-                                       "tls": {"ca": ref(CA_SECRET, "ca.crt")}}}},
+                gateway_backend(gateway_url, CREDENTIALS_SECRET, CA_SECRET, "prod-triton"),
             ],
             "nodePools": [
                 {"name": "cpu", "gpus": 0, "nodeSelector": {"bakeoff.dev/pool": "cpu-mock"},

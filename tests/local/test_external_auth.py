@@ -20,6 +20,7 @@ from bakeoff import cli
 sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from fake_oip import MODEL, FakeOipServer, tls_gateway
+from gateway_suite import gateway_suite
 from tls_certs import Pki, make_pki
 
 pytestmark = pytest.mark.local
@@ -40,31 +41,15 @@ def gateway(pki: Pki) -> Iterator[FakeOipServer]:
         yield served
 
 
-def ref(name: str, key: str) -> dict[str, Any]:
-    return {"secretRef": {"name": name, "key": key}}
-
-
 def suite(url: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "bakeoff.dev/v1alpha1",
-        "kind": "BenchmarkSuite",
-        "metadata": {"name": "gateway"},
-        "spec": {
-            "model": {"name": MODEL, "source": {"builtin": "vit-tiny-clip"}},
-            "backends": [{
-                "name": "gateway", "kind": "external", "maxBatchSize": 8,
-                "endpoint": {"httpUrl": url, "metricsUrl": f"{url}/metrics", "auth": {
-                    "bearerToken": ref("gateway", "token"),
-                    "headers": [{"name": "X-Api-Key", "value": ref("gateway", "api-key")}],
-                    "tls": {"ca": ref("gateway-ca", "ca.crt")}}},
-            }],
-            "nodePools": [{"name": "local", "gpus": 0, "costPerHour": 1.0}],
-            "scenarios": {"clients": 2, "single": {"requests": 10, "warmup": 2},
-                          "batchSweep": None,
-                          "concurrencySweep": {"levels": [4], "batchSizes": [1],
-                                               "requests": 60, "warmup": 4}},
-        },
-    }  # fmt: skip
+    pool = {"name": "local", "gpus": 0, "costPerHour": 1.0}
+    scenarios = {
+        "clients": 2,
+        "single": {"requests": 10, "warmup": 2},
+        "batchSweep": None,
+        "concurrencySweep": {"levels": [4], "batchSizes": [1], "requests": 60, "warmup": 4},
+    }
+    return gateway_suite(url, MODEL, pool, scenarios)
 
 
 def secrets_dir(folder: Path, pki: Pki) -> Path:

@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO / "tests" / "unit"))
 sys.path.insert(0, str(REPO / "tests"))
 from fake_oip import MODEL as GATEWAY_MODEL
 from fake_oip import tls_gateway
+from gateway_suite import gateway_suite
 from tls_certs import make_pki
 
 pytestmark = pytest.mark.node
@@ -541,32 +542,15 @@ GATEWAY_KEY = "CANARY-node-k3y-e41f"
 HOST_FROM_PODS = "10.244.0.1"
 
 
-def ref(name: str, key: str) -> dict[str, Any]:
-    return {"secretRef": {"name": name, "key": key}}
-
-
-def gateway_suite(url: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "bakeoff.dev/v1alpha1",
-        "kind": "BenchmarkSuite",
-        "metadata": {"name": "gateway"},
-        "spec": {
-            "model": {"name": GATEWAY_MODEL, "source": {"builtin": "vit-tiny-clip"}},
-            "backends": [{
-                "name": "gateway", "kind": "external", "maxBatchSize": 8,
-                "endpoint": {"httpUrl": url, "metricsUrl": f"{url}/metrics", "auth": {
-                    "bearerToken": ref("gateway", "token"),
-                    "headers": [{"name": "X-Api-Key", "value": ref("gateway", "api-key")}],
-                    "tls": {"ca": ref("gateway-ca", "ca.crt")}}},
-            }],
-            "nodePools": [{"name": "cpu-mock", "gpus": 0, "costPerHour": 0.1,
-                           "nodeSelector": {"bakeoff.dev/pool": "cpu-mock"}}],
-            # Explicit sizes: a `null` sweep would be dropped and default to batches up to 32.
-            "scenarios": {"single": {"requests": 40, "warmup": 4},
-                          "batchSweep": {"batchSizes": [1, 4], "requests": 8, "warmup": 1}},
-            "cleanup": {"policy": "Never"},
-        },
-    }  # fmt: skip
+def gateway_in_cluster(url: str) -> dict[str, Any]:
+    pool = {"name": "cpu-mock", "gpus": 0, "costPerHour": 0.1,
+            "nodeSelector": {"bakeoff.dev/pool": "cpu-mock"}}  # fmt: skip
+    # Explicit sizes: a `null` sweep would be dropped and default to batches up to 32.
+    scenarios = {"single": {"requests": 40, "warmup": 4},
+                 "batchSweep": {"batchSizes": [1, 4], "requests": 8, "warmup": 1}}  # fmt: skip
+    suite = gateway_suite(url, GATEWAY_MODEL, pool, scenarios)
+    suite["spec"]["cleanup"] = {"policy": "Never"}
+    return suite
 
 
 def test_a_gateway_behind_tls_and_a_token_is_measured_by_a_bench_pod_reading_its_secrets(
@@ -593,7 +577,7 @@ def test_a_gateway_behind_tls_and_a_token_is_measured_by_a_bench_pod_reading_its
         kubectl("create", "secret", "generic", "gateway-ca", "-n", TEAM_B,
                 f"--from-file=ca.crt={pki.ca_cert}")  # fmt: skip
         suite = tmp_path / "gateway.yaml"
-        suite.write_text(yaml.safe_dump(gateway_suite(gateway.url)))
+        suite.write_text(yaml.safe_dump(gateway_in_cluster(gateway.url)))
         recorder = NamespaceRecorder(api_client, TEAM_B)
         recorder.start()
         try:
