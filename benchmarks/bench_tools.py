@@ -45,16 +45,20 @@ NGINX_HTTP_COMMON: Final = """\
     client_body_buffer_size 1m;
 """
 
+# The main context both configurations share: logs and pid in the work folder.
+NGINX_MAIN_COMMON: Final = """\
+error_log {tmp}/error.log warn;
+pid {tmp}/nginx.pid;
+events {
+    worker_connections 4096;
+    multi_accept on;
+}
+"""
+
 NGINX_CONF: Final = """\
 # One process (master_process off, set on the command line) pinned to one core by taskset:
 # the endpoint's whole capacity is one core, exactly as much as each client gets.
-error_log {tmp}/error.log warn;
-pid {tmp}/nginx.pid;
-events {{
-    worker_connections 4096;
-    multi_accept on;
-}}
-http {{
+{main}http {{
 {common}    server {{
         listen 127.0.0.1:{port} backlog=4096;
         default_type application/json;
@@ -207,7 +211,10 @@ def nginx_endpoint(nginx: str, core: int, workdir: Path) -> Iterator[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
     common = NGINX_HTTP_COMMON.format(tmp=workdir)
-    conf.write_text(NGINX_CONF.format(tmp=workdir, port=port, body=RESPONSE_BODY, common=common))
+    main = NGINX_MAIN_COMMON.replace("{tmp}", str(workdir))
+    conf.write_text(
+        NGINX_CONF.format(tmp=workdir, port=port, body=RESPONSE_BODY, common=common, main=main)
+    )
     log = (workdir / "nginx.out").open("wb")
     command = [
         nginx, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf),

@@ -96,16 +96,11 @@ def nginx_oip_conf(workdir: Path, port: int, workers: int) -> str:
     )
     not_found = json.dumps({"error": "not found"})
     common = bench_tools.NGINX_HTTP_COMMON.format(tmp=workdir)
+    main = bench_tools.NGINX_MAIN_COMMON.replace("{tmp}", str(workdir))
     return f"""\
 # Several worker processes (one per core): more than one client process can keep busy.
 worker_processes {workers};
-error_log {workdir}/error.log warn;
-pid {workdir}/nginx.pid;
-events {{
-    worker_connections 4096;
-    multi_accept on;
-}}
-http {{
+{main}http {{
 {common}    default_type application/json;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
